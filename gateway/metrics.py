@@ -1,0 +1,75 @@
+"""Every Prometheus collector of the gateway, declared once on an injected registry.
+
+Labels stay bounded: adapter name and version come from the catalogue, never from
+free client input; status is a class (2xx, 4xx, 5xx).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# Latency buckets from sub-millisecond (gateway overhead) to long generations.
+_LATENCY_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+)  # fmt: skip
+
+
+def status_class(status: int) -> str:
+    """`200` → `"2xx"`."""
+    return f"{status // 100}xx"
+
+
+class Metrics:
+    """The gateway's collectors."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "gateway_requests_total",
+            "Requests answered, per endpoint, adapter, version and status class.",
+            ["endpoint", "adapter", "version", "status_class"],
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            "gateway_request_duration_seconds",
+            "Time from request received to the last byte of the response.",
+            ["endpoint", "adapter", "version", "status_class"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.time_to_first_token = Histogram(
+            "gateway_time_to_first_token_seconds",
+            "Time from request received to the first streamed chunk from the engine.",
+            ["endpoint", "adapter", "version"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "gateway_requests_in_flight",
+            "Requests being served right now.",
+            registry=r,
+        )
+        self.upstream_errors = Counter(
+            "gateway_upstream_errors_total",
+            "Engine failures seen by the gateway, per kind.",
+            ["kind"],
+            registry=r,
+        )
+        self.upstream_healthy = Gauge(
+            "gateway_upstream_healthy",
+            "1 when the engine replica answers its health check.",
+            ["upstream"],
+            registry=r,
+        )
+        self.engine_restarts = Counter(
+            "gateway_engine_restarts_total",
+            "Times the managed engine was started again after it died.",
+            registry=r,
+        )
+        self.adapter_loads = Counter(
+            "gateway_adapter_loads_total",
+            "Adapter loads into an engine replica, per outcome.",
+            ["outcome"],
+            registry=r,
+        )

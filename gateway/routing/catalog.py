@@ -1,0 +1,123 @@
+"""The model catalogue: which names a client may put in `model`, and what each means.
+
+`model` is one of:
+- the base model's name: no adapter;
+- an adapter name (`"pirate"`): its newest version;
+- a pinned version (`"pirate@1"`): exactly that version.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.errors import ModelNotFound
+
+log = logging.getLogger(__name__)
+
+ADAPTER_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+_VERSION_DIR = re.compile(r"^v([1-9][0-9]{0,8})$")
+BASE_LABEL = "base"
+
+
+@dataclass(frozen=True)
+class AdapterVersion:
+    """One servable version of an adapter."""
+
+    name: str
+    version: int
+    path: Path
+
+    @property
+    def engine_name(self) -> str:
+        """The name vLLM knows this version by."""
+        return f"{self.name}--v{self.version}"
+
+    @property
+    def ref(self) -> str:
+        """`name@version`."""
+        return f"{self.name}@{self.version}"
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a request's `model` resolved to."""
+
+    engine_model: str
+    adapter: AdapterVersion | None
+    route: str
+
+    @property
+    def adapter_label(self) -> str:
+        """Metric and header label: the adapter name, or `base`."""
+        return self.adapter.name if self.adapter else BASE_LABEL
+
+    @property
+    def version_label(self) -> str:
+        """Metric label: the adapter version, or empty for the base model."""
+        return str(self.adapter.version) if self.adapter else ""
+
+    @property
+    def served(self) -> str:
+        """Header value naming what served the request: `name@version` or `base`."""
+        return self.adapter.ref if self.adapter else BASE_LABEL
+
+
+class ModelCatalog:
+    """Resolves `model` fields against the base model and the known adapter versions."""
+
+    def __init__(self, base_model: str, adapters: Iterable[AdapterVersion] = ()) -> None:
+        self.base_model = base_model
+        self._versions: dict[str, dict[int, AdapterVersion]] = {}
+        for adapter in adapters:
+            self._versions.setdefault(adapter.name, {})[adapter.version] = adapter
+        self._targets = self._build_targets()
+
+    def _build_targets(self) -> dict[str, Target]:
+        base = Target(engine_model=self.base_model, adapter=None, route=self.base_model)
+        targets = {self.base_model: base}
+        for name, versions in self._versions.items():
+            for version in versions.values():
+                targets[version.ref] = Target(version.engine_name, version, route=name)
+            newest = versions[max(versions)]
+            targets[name] = Target(newest.engine_name, newest, route=name)
+        return targets
+
+    def resolve(self, model: str) -> Target:
+        """Map a `model` field to its target; raise ModelNotFound for anything unknown."""
+        target = self._targets.get(model)
+        if target is None:
+            raise ModelNotFound(f"The model '{model}' does not exist.", param="model")
+        return target
+
+    def adapter_versions(self) -> list[AdapterVersion]:
+        """Every known adapter version, ordered by name then version."""
+        return [
+            self._versions[name][v]
+            for name in sorted(self._versions)
+            for v in sorted(self._versions[name])
+        ]
+
+    def model_ids(self) -> list[tuple[str, Target]]:
+        """Every accepted `model` value with its target, base first."""
+        return sorted(self._targets.items(), key=lambda kv: (kv[0] != self.base_model, kv[0]))
+
+
+def scan_adapter_root(root: Path) -> list[AdapterVersion]:
+    """Find `<root>/<name>/v<N>/adapter_config.json` adapter versions."""
+    found: list[AdapterVersion] = []
+    if not root.is_dir():
+        return found
+    for name_dir in sorted(root.iterdir()):
+        if not name_dir.is_dir() or not ADAPTER_NAME.match(name_dir.name) or "--" in name_dir.name:
+            continue
+        for version_dir in sorted(name_dir.iterdir()):
+            match = _VERSION_DIR.match(version_dir.name)
+            if not match or not (version_dir / "adapter_config.json").is_file():
+                continue
+            found.append(AdapterVersion(name_dir.name, int(match.group(1)), version_dir.resolve()))
+    log.info("found %s adapter versions under %s", len(found), root)
+    return found

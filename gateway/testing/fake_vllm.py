@@ -1,0 +1,136 @@
+"""A fast fake of vLLM's OpenAI server, for unit tests and gateway-overhead benchmarks.
+
+It answers the endpoints the gateway uses, echoes what it received (so tests can see
+exactly what the gateway forwarded) and can be told to be slow, fail or be down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+
+@dataclass
+class FakeEngineState:
+    """Knobs and records of the fake engine."""
+
+    base_model: str = "base"
+    loras: dict[str, str] = field(default_factory=dict)
+    healthy: bool = True
+    delay_s: float = 0.0
+    stream_chunks: int = 3
+    chunk_delay_s: float = 0.0
+    status: int = 200
+    received: list[dict[str, Any]] = field(default_factory=list)
+    received_headers: list[dict[str, str]] = field(default_factory=list)
+    keep_records: bool = True
+
+
+def _served(state: FakeEngineState) -> set[str]:
+    return {state.base_model, *state.loras}
+
+
+def create_fake_vllm(state: FakeEngineState | None = None) -> Starlette:
+    """Build the fake engine app around `state` (app.state.fake)."""
+    state = state or FakeEngineState()
+
+    async def health(request: Request) -> Response:
+        return Response(status_code=200 if state.healthy else 503)
+
+    async def models(request: Request) -> JSONResponse:
+        data = [{"id": m, "object": "model", "owned_by": "vllm"} for m in sorted(_served(state))]
+        return JSONResponse({"object": "list", "data": data})
+
+    async def load_lora(request: Request) -> Response:
+        body = await request.json()
+        name = body["lora_name"]
+        if name in state.loras:
+            return JSONResponse(_error(f"adapter {name} already loaded", 400), status_code=400)
+        state.loras[name] = body["lora_path"]
+        return Response(f"Success: LoRA adapter '{name}' added successfully.")
+
+    async def unload_lora(request: Request) -> Response:
+        body = await request.json()
+        state.loras.pop(body["lora_name"], None)
+        return Response("ok")
+
+    async def generate(request: Request) -> Response:
+        payload = json.loads(await request.body())
+        if state.keep_records:
+            state.received.append(payload)
+            state.received_headers.append(dict(request.headers))
+        if payload.get("model") not in _served(state):
+            message = f"The model `{payload.get('model')}` does not exist."
+            return JSONResponse(_error(message, 404), status_code=404)
+        if state.status != 200:
+            return JSONResponse(_error("fake engine failure", state.status), state.status)
+        if state.delay_s:
+            await asyncio.sleep(state.delay_s)
+        chat = request.url.path.endswith("/chat/completions")
+        if payload.get("stream"):
+            return StreamingResponse(
+                _stream(state, payload["model"], chat), media_type="text/event-stream"
+            )
+        return JSONResponse(_completion(payload["model"], chat, "Hello from the fake engine."))
+
+    routes = [
+        Route("/health", health),
+        Route("/v1/models", models),
+        Route("/v1/load_lora_adapter", load_lora, methods=["POST"]),
+        Route("/v1/unload_lora_adapter", unload_lora, methods=["POST"]),
+        Route("/v1/chat/completions", generate, methods=["POST"]),
+        Route("/v1/completions", generate, methods=["POST"]),
+    ]
+    app = Starlette(routes=routes)
+    app.state.fake = state
+    return app
+
+
+def _error(message: str, status: int) -> dict[str, Any]:
+    return {"error": {"message": message, "type": "BadRequestError", "param": None, "code": status}}
+
+
+def _completion(model: str, chat: bool, text: str) -> dict[str, Any]:
+    choice: dict[str, Any] = (
+        {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+        if chat
+        else {"index": 0, "text": text, "finish_reason": "stop"}
+    )
+    return {
+        "id": "cmpl-fake",
+        "object": "chat.completion" if chat else "text_completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [choice],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8},
+    }
+
+
+async def _stream(state: FakeEngineState, model: str, chat: bool) -> AsyncIterator[bytes]:
+    for i in range(state.stream_chunks):
+        if state.chunk_delay_s:
+            await asyncio.sleep(state.chunk_delay_s)
+        piece = f"tok{i} "
+        choice: dict[str, Any] = (
+            {"index": 0, "delta": {"content": piece}, "finish_reason": None}
+            if chat
+            else {"index": 0, "text": piece, "finish_reason": None}
+        )
+        chunk = {
+            "id": "cmpl-fake",
+            "object": "chat.completion.chunk" if chat else "text_completion",
+            "created": 0,
+            "model": model,
+            "choices": [choice],
+        }
+        yield b"data: " + json.dumps(chunk).encode() + b"\n\n"
+    yield b"data: [DONE]\n\n"

@@ -1,0 +1,173 @@
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from gateway.app import create_app
+from gateway.config import Settings
+from gateway.metrics import Metrics
+from gateway.testing.fake_vllm import FakeEngineState, create_fake_vllm
+from gateway.testing.server import serve_in_loop
+
+from .conftest import ADAPTERS
+
+CHAT = {"model": "pirate", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+
+
+def sse_events(text: str) -> list[str]:
+    return [e.removeprefix("data: ") for e in text.split("\n\n") if e.strip()]
+
+
+@pytest.fixture
+async def socket_client(
+    metrics: Metrics,
+) -> AsyncIterator[tuple[httpx.AsyncClient, FakeEngineState]]:
+    # In-memory ASGI transports buffer whole responses: real sockets show the timing.
+    state = FakeEngineState(base_model="smollm2")
+    async with serve_in_loop(create_fake_vllm(state)) as engine_url:
+        settings = Settings(
+            base_model_name="smollm2", upstream_urls=[engine_url], upstream_read_timeout_s=0.5
+        )
+        app = create_app(settings, adapters=ADAPTERS, metrics=metrics)
+        async with serve_in_loop(app) as gateway_url:
+            async with httpx.AsyncClient(base_url=gateway_url) as c:
+                yield c, state
+
+
+async def test_stream_is_relayed_chunk_by_chunk(
+    socket_client: tuple[httpx.AsyncClient, FakeEngineState], metrics: Metrics
+) -> None:
+    client, fake_state = socket_client
+    fake_state.stream_chunks = 4
+    fake_state.chunk_delay_s = 0.05
+    arrivals: list[float] = []
+    async with client.stream("POST", "/v1/chat/completions", json=CHAT) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        assert response.headers["x-adapter"] == "pirate@2"
+        body = b""
+        async for chunk in response.aiter_bytes():
+            arrivals.append(time.perf_counter())
+            body += chunk
+    events = sse_events(body.decode())
+    assert events[-1] == "[DONE]"
+    assert [json.loads(e)["choices"][0]["delta"]["content"] for e in events[:-1]] == [
+        "tok0 ",
+        "tok1 ",
+        "tok2 ",
+        "tok3 ",
+    ]
+    # Chunks arrive spread over time, not in one buffered piece at the end.
+    assert len(arrivals) >= 4
+    assert arrivals[-1] - arrivals[0] >= 0.1
+    ttft = metrics.registry.get_sample_value(
+        "gateway_time_to_first_token_seconds_count",
+        {"endpoint": "/v1/chat/completions", "adapter": "pirate", "version": "2"},
+    )
+    assert ttft == 1
+
+
+async def test_completion_stream_relays_text(
+    client: httpx.AsyncClient, fake_state: FakeEngineState
+) -> None:
+    response = await client.post(
+        "/v1/completions", json={"model": "smollm2", "prompt": "x", "stream": True}
+    )
+    events = sse_events(response.text)
+    assert events[-1] == "[DONE]"
+    assert json.loads(events[0])["choices"][0]["text"] == "tok0 "
+
+
+class BreakingTransport(httpx.AsyncBaseTransport):
+    """Wraps a transport; response streams break after `after` chunks like a dying peer."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, after: int) -> None:
+        self.inner = inner
+        self.after = after
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self.inner.handle_async_request(request)
+        if not request.url.path.endswith("completions"):
+            return response
+        after = self.after
+
+        class Broken(httpx.AsyncByteStream):
+            async def __aiter__(self) -> AsyncIterator[bytes]:
+                body = b"".join([c async for c in response.stream])  # type: ignore[union-attr]
+                events = body.split(b"\n\n")
+                for event in events[:after]:
+                    yield event + b"\n\n"
+                # Half an event, then the connection drops.
+                yield events[after][:10]
+                raise httpx.RemoteProtocolError("peer closed connection")
+
+        return httpx.Response(response.status_code, headers=response.headers, stream=Broken())
+
+
+@pytest.fixture
+async def breaking_client(metrics: Metrics) -> AsyncIterator[tuple[httpx.AsyncClient, FastAPI]]:
+    state = FakeEngineState(base_model="smollm2", stream_chunks=10)
+    transport = BreakingTransport(httpx.ASGITransport(app=create_fake_vllm(state)), after=2)
+    settings = Settings(base_model_name="smollm2", upstream_urls=["http://engine-a:8000"])
+    app = create_app(settings, transport=transport, adapters=ADAPTERS, metrics=metrics)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as c,
+    ):
+        yield c, app
+
+
+async def test_mid_stream_failure_ends_with_error_event(
+    breaking_client: tuple[httpx.AsyncClient, FastAPI], metrics: Metrics
+) -> None:
+    client, _ = breaking_client
+    response = await client.post("/v1/chat/completions", json=CHAT)
+    assert response.status_code == 200
+    events = sse_events(response.text)
+    assert len(events) == 3
+    assert [json.loads(e)["choices"][0]["delta"]["content"] for e in events[:2]] == [
+        "tok0 ",
+        "tok1 ",
+    ]
+    error = json.loads(events[-1])["error"]
+    assert error["type"] == "upstream_error"
+    assert "[DONE]" not in response.text
+    assert (
+        metrics.registry.get_sample_value("gateway_upstream_errors_total", {"kind": "broken"}) == 1
+    )
+    labels = {
+        "endpoint": "/v1/chat/completions",
+        "adapter": "pirate",
+        "version": "2",
+        "status_class": "5xx",
+    }
+    assert metrics.registry.get_sample_value("gateway_requests_total", labels) == 1
+    assert metrics.in_flight._value.get() == 0
+
+
+async def test_slow_engine_is_504(
+    socket_client: tuple[httpx.AsyncClient, FakeEngineState],
+) -> None:
+    client, fake_state = socket_client
+    fake_state.delay_s = 1.0  # the test settings allow 0.5 s
+    response = await client.post("/v1/chat/completions", json={**CHAT, "stream": False})
+    assert response.status_code == 504
+    assert response.json()["error"]["type"] == "upstream_timeout"
+
+
+async def test_stalled_stream_ends_with_timeout_event(
+    socket_client: tuple[httpx.AsyncClient, FakeEngineState],
+) -> None:
+    client, fake_state = socket_client
+    fake_state.stream_chunks = 3
+    fake_state.chunk_delay_s = 1.0
+    started = time.perf_counter()
+    response = await client.post("/v1/chat/completions", json=CHAT)
+    assert time.perf_counter() - started < 5
+    events = sse_events(response.text)
+    assert json.loads(events[-1])["error"]["type"] == "upstream_timeout"
