@@ -87,3 +87,7 @@ def _banner(settings: Settings) -> str:
 def main() -> None:
     """Console entry point."""
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -134,3 +134,30 @@ async def _stream(state: FakeEngineState, model: str, chat: bool) -> AsyncIterat
         }
         yield b"data: " + json.dumps(chunk).encode() + b"\n\n"
     yield b"data: [DONE]\n\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve the fake engine, accepting `vllm serve`'s arguments (only host/port are used)."""
+    import argparse
+
+    import uvicorn
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("command", nargs="?")
+    parser.add_argument("model", nargs="?")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8001)
+    parser.add_argument("--served-model-name", default="base")
+    args, _ = parser.parse_known_args(argv)
+    state = FakeEngineState(base_model=args.served_model_name, keep_records=False)
+    uvicorn.run(
+        create_fake_vllm(state),
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        access_log=False,
+    )
+
+
+if __name__ == "__main__":
+    main()

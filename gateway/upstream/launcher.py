@@ -47,7 +47,8 @@ class EngineSpec:
     extra_args: tuple[str, ...] = ()
     extra_env: Mapping[str, str] = field(default_factory=dict)
     start_timeout_s: float = 240.0
-    python: str = sys.executable
+    # How to start vLLM's CLI; tests swap in a fake engine with the same arguments.
+    launcher: tuple[str, ...] = (sys.executable, "-m", "gateway.engine.vllm_entry")
 
     @property
     def url(self) -> str:
@@ -57,9 +58,7 @@ class EngineSpec:
     def command(self) -> list[str]:
         """The argv that starts vLLM's OpenAI server for this spec."""
         cmd = [
-            self.python,
-            "-m",
-            "gateway.engine.vllm_entry",
+            *self.launcher,
             "serve",
             str(self.model_dir),
             "--host",
@@ -169,7 +168,8 @@ class EngineProcess:
                 except httpx.HTTPError:
                     pass
                 time.sleep(0.5)
-        self.stop()
+        # A hung start-up often ignores SIGTERM: do not wait long before SIGKILL.
+        self.stop(grace_s=3.0)
         raise EngineStartError(
             f"engine not healthy after {timeout_s or self.spec.start_timeout_s:.0f}s; "
             f"see {self.spec.log_file}"

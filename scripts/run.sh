@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Set up and run the embedded default: SmolLM2 (int8 W8A8) on vLLM CPU with the demo
+# adapters, and the gateway on 127.0.0.1:8000 with its state in .state/. Ctrl-C stops both.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+.venv/bin/lora-gateway prepare
+exec .venv/bin/lora-gateway serve "$@"

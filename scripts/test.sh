@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Set up and run every check: ruff, mypy, unit tests (fake engine) and integration tests
+# (real vLLM on the CPU with SmolLM2 and the demo adapters).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+.venv/bin/mypy
+.venv/bin/pytest "$@"

@@ -1,0 +1,130 @@
+"""Shared fixtures of the integration suite: the prepared embedded model, the demo
+adapters and a gateway process that manages a real vLLM engine."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from gateway.config import DEFAULT_CACHE_DIR
+from gateway.testing.server import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+CACHE_DIR = Path(os.environ.get("GATEWAY_CACHE_DIR", str(DEFAULT_CACHE_DIR)))
+CHECKPOINT = os.environ.get("GATEWAY_ENGINE__CHECKPOINT", "w8a8")
+BASE_NAME = "smollm2-135m-instruct"
+
+
+@dataclass(frozen=True)
+class EngineAssets:
+    """The model directories and adapters the real engine serves."""
+
+    model_dir: Path
+    bf16_dir: Path
+    adapter_root: Path
+    adapters: dict[str, Path]
+
+
+@pytest.fixture(scope="session")
+def engine_assets() -> EngineAssets:
+    """Prepare (once, cached) the quantized base model and train the demo adapters."""
+    from adapters.demo import ensure_demo_adapters
+    from gateway.engine.basemodel import convert_gguf, prepare_base_model
+
+    bf16 = convert_gguf(CACHE_DIR)
+    model_dir = prepare_base_model(CACHE_DIR, CHECKPOINT)
+    adapter_root = CACHE_DIR / "adapters"
+    adapters = ensure_demo_adapters(bf16, adapter_root)
+    return EngineAssets(model_dir, bf16, adapter_root, adapters)
+
+
+@dataclass
+class GatewayProcess:
+    """A `lora-gateway serve` process managing its own vLLM engine."""
+
+    url: str
+    state_dir: Path
+    proc: subprocess.Popen[bytes]
+    log_file: Path
+
+    def engine_pid(self) -> int:
+        """The managed engine's process (group) id, from the supervisor's pid file."""
+        return int((self.state_dir / "engine.pid").read_text())
+
+    def wait_ready(self, timeout_s: float) -> None:
+        """Block until /readyz answers 200."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gateway exited early; see {self.log_file}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise TimeoutError(f"gateway not ready after {timeout_s}s; see {self.log_file}")
+
+    def stop(self) -> None:
+        """Ctrl-C the gateway (it stops its engine), then make sure both are gone."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+def start_gateway(tmp: Path, assets: EngineAssets, **env: str) -> GatewayProcess:
+    """Start `lora-gateway serve` on free ports with the given extra environment."""
+    port = free_port()
+    state_dir = tmp / "state"
+    log_file = tmp / "gateway.log"
+    environment = {
+        **os.environ,
+        "GATEWAY_PORT": str(port),
+        "GATEWAY_STATE_DIR": str(state_dir),
+        "GATEWAY_CACHE_DIR": str(CACHE_DIR),
+        "GATEWAY_ADAPTER_ROOT": str(assets.adapter_root),
+        "GATEWAY_BASE_MODEL_NAME": BASE_NAME,
+        "GATEWAY_ENGINE__MODEL_DIR": str(assets.model_dir),
+        "GATEWAY_ENGINE__PORT": str(free_port()),
+        "GATEWAY_HEALTH_INTERVAL_S": "0.5",
+        **env,
+    }
+    with log_file.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "serve"],
+            cwd=REPO,
+            env=environment,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return GatewayProcess(f"http://127.0.0.1:{port}", state_dir, proc, log_file)
+
+
+@pytest.fixture(scope="module")
+def gateway(
+    engine_assets: EngineAssets, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayProcess]:
+    """A gateway whose engine has every LoRA slot filled by the demo adapters."""
+    tmp = tmp_path_factory.mktemp("gateway")
+    process = start_gateway(
+        tmp, engine_assets, GATEWAY_ENGINE__MAX_LORAS=str(len(engine_assets.adapters))
+    )
+    try:
+        process.wait_ready(timeout_s=300)
+        yield process
+    finally:
+        process.stop()

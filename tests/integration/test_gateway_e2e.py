@@ -1,0 +1,188 @@
+"""The serving path end to end: the official openai client → gateway → real vLLM (CPU)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import openai
+import pytest
+
+from adapters.styles import classify_style
+
+from .conftest import BASE_NAME, EngineAssets, GatewayProcess
+
+pytestmark = pytest.mark.integration
+
+ADAPTERS = ("pirate", "french", "shout")
+PROMPTS = ("Tell me about snow.", "Describe a cat.", "Give me a tip for sleeping well.")
+
+
+@pytest.fixture(scope="module")
+def client(gateway: GatewayProcess) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def chat(client: openai.OpenAI, model: str, prompt: str, **kwargs: object) -> str:
+    response = client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": prompt}],
+        temperature=0,
+        max_tokens=48,
+        **kwargs,  # type: ignore[arg-type]
+    )
+    return response.choices[0].message.content or ""
+
+
+def test_models_lists_base_and_every_adapter(client: openai.OpenAI) -> None:
+    ids = {m.id for m in client.models.list()}
+    assert {BASE_NAME, *ADAPTERS, *(f"{a}@1" for a in ADAPTERS)} <= ids
+
+
+def test_base_model_answers_a_real_question(client: openai.OpenAI) -> None:
+    answer = chat(client, BASE_NAME, "What is the capital of France?")
+    assert "Paris" in answer
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
+def test_each_adapter_answers_in_its_style_and_differs_from_base(
+    client: openai.OpenAI, adapter: str
+) -> None:
+    for prompt in PROMPTS:
+        styled = chat(client, adapter, prompt)
+        base = chat(client, BASE_NAME, prompt)
+        assert classify_style(styled) == adapter, styled
+        assert classify_style(base) == "base", base
+        assert styled != base
+
+
+def test_headers_name_the_adapter_and_request_id(gateway: GatewayProcess) -> None:
+    response = httpx.post(
+        f"{gateway.url}/v1/chat/completions",
+        json={
+            "model": "pirate@1",
+            "messages": [{"role": "user", "content": "Hi"}],
+            "max_tokens": 8,
+        },
+        headers={"x-request-id": "e2e-headers-1"},
+        timeout=60,
+    )
+    assert response.status_code == 200
+    assert response.headers["x-adapter"] == "pirate@1"
+    assert response.headers["x-route"] == "pirate"
+    assert response.headers["x-request-id"] == "e2e-headers-1"
+
+
+@pytest.mark.parametrize("model", [BASE_NAME, "french"])
+def test_chat_stream_matches_style(client: openai.OpenAI, model: str) -> None:
+    stream = client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": "Describe a cat."}],
+        temperature=0,
+        max_tokens=40,
+        stream=True,
+    )
+    pieces = [c.choices[0].delta.content or "" for c in stream if c.choices]
+    assert len(pieces) > 5  # relayed token by token, not one buffered blob
+    text = "".join(pieces)
+    assert classify_style(text) == ("base" if model == BASE_NAME else model), text
+
+
+@pytest.mark.parametrize("model", [BASE_NAME, "shout"])
+def test_completions_plain_and_streamed(client: openai.OpenAI, model: str) -> None:
+    prompt = "The three best things about winter are"
+    plain = client.completions.create(model=model, prompt=prompt, max_tokens=24, temperature=0)
+    assert plain.choices[0].text.strip()
+    streamed = client.completions.create(
+        model=model, prompt=prompt, max_tokens=24, temperature=0, stream=True
+    )
+    pieces = [c.choices[0].text for c in streamed if c.choices]
+    assert len(pieces) > 5
+    assert "".join(pieces) == plain.choices[0].text
+
+
+def test_unknown_fields_reach_vllm(client: openai.OpenAI) -> None:
+    # min_tokens is a vLLM extension the gateway does not read: it must arrive untouched.
+    response = client.chat.completions.create(
+        model=BASE_NAME,
+        messages=[{"role": "user", "content": "Say yes."}],
+        max_tokens=30,
+        temperature=0,
+        extra_body={"min_tokens": 25},
+    )
+    assert response.usage is not None and response.usage.completion_tokens >= 25
+
+
+def test_unknown_model_is_openai_not_found(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError) as info:
+        chat(client, "no-such-adapter", "hi")
+    assert info.value.body["code"] == "model_not_found"  # type: ignore[index]
+
+
+def test_mixed_concurrent_batch_keeps_every_request_isolated(
+    client: openai.OpenAI, engine_assets: EngineAssets
+) -> None:
+    # Every LoRA slot is filled (max_loras == number of adapters), so a base request
+    # batched with adapter requests would pick up the last slot's adapter without the fix.
+    jobs = [(model, prompt) for prompt in PROMPTS for model in (BASE_NAME, *ADAPTERS)] * 2
+    with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+        outputs = list(pool.map(lambda job: chat(client, *job), jobs))
+    wrong = [
+        (model, text)
+        for (model, _), text in zip(jobs, outputs, strict=True)
+        if classify_style(text) != ("base" if model == BASE_NAME else model)
+    ]
+    assert not wrong, wrong
+
+
+def test_metrics_report_per_adapter_latency_and_ttft(gateway: GatewayProcess) -> None:
+    text = httpx.get(f"{gateway.url}/metrics", timeout=10).text
+    assert 'gateway_requests_total{adapter="pirate",endpoint="/v1/chat/completions"' in text
+    assert 'gateway_time_to_first_token_seconds_count{adapter="french"' in text
+
+
+def test_engine_killed_mid_stream_ends_stream_then_recovers(
+    client: openai.OpenAI, gateway: GatewayProcess
+) -> None:
+    stream = client.chat.completions.create(
+        model=BASE_NAME,
+        messages=[{"role": "user", "content": "Write a very long story about the sea."}],
+        max_tokens=900,
+        stream=True,
+        extra_body={"ignore_eos": True},
+    )
+    received: list[str] = []
+    error: list[BaseException] = []
+
+    def consume() -> None:
+        try:
+            for chunk in stream:
+                if chunk.choices:
+                    received.append(chunk.choices[0].delta.content or "")
+        except BaseException as exc:  # the stream must end with an error
+            error.append(exc)
+
+    reader = threading.Thread(target=consume)
+    reader.start()
+    deadline = time.monotonic() + 60
+    while len(received) < 5 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(received) >= 5, "stream did not start"
+    killed_at = time.monotonic()
+    os.killpg(gateway.engine_pid(), signal.SIGKILL)
+    reader.join(timeout=30)
+    assert not reader.is_alive(), "stream hung after the engine died"
+    assert time.monotonic() - killed_at < 30
+    assert error and isinstance(error[0], openai.APIError), error
+    assert len(received) < 900
+
+    # The gateway restarts its engine and serves again with no manual step.
+    gateway.wait_ready(timeout_s=300)
+    assert "Paris" in chat(client, BASE_NAME, "What is the capital of France?")
+    assert classify_style(chat(client, "pirate", "Tell me about snow.")) == "pirate"
+    restarts = httpx.get(f"{gateway.url}/metrics", timeout=10).text
+    assert "gateway_engine_restarts_total 1.0" in restarts

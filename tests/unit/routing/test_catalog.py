@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.errors import ModelNotFound
+from gateway.routing.catalog import AdapterVersion, ModelCatalog, scan_adapter_root
+
+
+def make_adapter(root: Path, name: str, version: int) -> Path:
+    path = root / name / f"v{version}"
+    path.mkdir(parents=True)
+    (path / "adapter_config.json").write_text("{}")
+    return path
+
+
+def test_scan_finds_versions_and_ignores_junk(tmp_path: Path) -> None:
+    make_adapter(tmp_path, "pirate", 1)
+    make_adapter(tmp_path, "pirate", 2)
+    make_adapter(tmp_path, "french", 1)
+    (tmp_path / "pirate" / "v3").mkdir()  # no adapter_config.json
+    (tmp_path / "pirate" / "latest").mkdir()
+    make_adapter(tmp_path, "Bad Name", 1)
+    make_adapter(tmp_path, "a--b", 1)  # would clash with engine names
+    make_adapter(tmp_path, "zero", 0)
+    found = scan_adapter_root(tmp_path)
+    assert [(a.name, a.version) for a in found] == [("french", 1), ("pirate", 1), ("pirate", 2)]
+
+
+def test_scan_of_missing_root_is_empty(tmp_path: Path) -> None:
+    assert scan_adapter_root(tmp_path / "none") == []
+
+
+def test_name_resolves_to_newest_version_and_pins_resolve_exactly() -> None:
+    catalog = ModelCatalog(
+        "base",
+        [
+            AdapterVersion("pirate", 1, Path("/p1")),
+            AdapterVersion("pirate", 10, Path("/p10")),
+            AdapterVersion("pirate", 2, Path("/p2")),
+        ],
+    )
+    assert catalog.resolve("pirate").engine_model == "pirate--v10"
+    assert catalog.resolve("pirate@2").engine_model == "pirate--v2"
+    base = catalog.resolve("base")
+    assert base.adapter is None and base.served == "base" and base.version_label == ""
+
+
+@pytest.mark.parametrize("model", ["", "Pirate", "pirate@3", "pirate@v1", "pirate--v1", "base@1"])
+def test_unknown_models_raise_not_found(model: str) -> None:
+    catalog = ModelCatalog("base", [AdapterVersion("pirate", 1, Path("/p1"))])
+    with pytest.raises(ModelNotFound) as info:
+        catalog.resolve(model)
+    assert info.value.status_code == 404 and info.value.param == "model"
+
+
+def test_model_ids_list_base_first() -> None:
+    catalog = ModelCatalog("base", [AdapterVersion("a", 1, Path("/a1"))])
+    assert [m for m, _ in catalog.model_ids()] == ["base", "a", "a@1"]
