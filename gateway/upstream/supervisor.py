@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -71,8 +72,7 @@ class EngineSupervisor:
     def _spawn_and_wait(self) -> None:
         self.engine.spawn()
         if self.engine.pid is not None:
-            self._pid_file.parent.mkdir(parents=True, exist_ok=True)
-            self._pid_file.write_text(str(self.engine.pid))
+            write_pid_file(self._pid_file, self.engine.pid, self.engine.spec.command())
         self.engine.wait_healthy()
 
     async def stop(self) -> None:
@@ -86,21 +86,35 @@ class EngineSupervisor:
         self._pid_file.unlink(missing_ok=True)
 
 
+def write_pid_file(pid_file: Path, pid: int, argv: list[str]) -> None:
+    """Record the engine's process group and command line."""
+    pid_file.parent.mkdir(parents=True, exist_ok=True)
+    pid_file.write_text(json.dumps({"pid": pid, "argv": argv}))
+
+
+def read_pid_file(pid_file: Path) -> tuple[int, list[str]] | None:
+    """The recorded engine pid and command line, if the file is there and sane."""
+    try:
+        record = json.loads(pid_file.read_text())
+        return int(record["pid"]), [str(a) for a in record["argv"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def kill_stale_engine(pid_file: Path) -> None:
     """Kill the process group of an engine left behind by an earlier gateway."""
-    try:
-        pgid = int(pid_file.read_text().strip())
-    except (OSError, ValueError):
+    record = read_pid_file(pid_file)
+    pid_file.unlink(missing_ok=True)
+    if record is None:
         return
+    pgid, argv = record
     try:
-        cmdline = Path(f"/proc/{pgid}/cmdline").read_bytes()
+        cmdline = Path(f"/proc/{pgid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
     except OSError:
-        cmdline = b""
-    # Pids are reused: only kill a group whose leader is still an engine of ours.
-    if b"gateway.engine.vllm_entry" not in cmdline:
-        pid_file.unlink(missing_ok=True)
+        return
+    # Pids are reused: only kill a process that still runs the recorded engine command.
+    if [part.decode(errors="replace") for part in cmdline] != argv:
         return
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGKILL)
         log.warning("killed a stale engine process group %s", pgid)
-    pid_file.unlink(missing_ok=True)

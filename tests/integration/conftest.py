@@ -17,6 +17,7 @@ import pytest
 
 from gateway.config import DEFAULT_CACHE_DIR
 from gateway.testing.server import free_port
+from gateway.upstream.supervisor import read_pid_file
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE_DIR = Path(os.environ.get("GATEWAY_CACHE_DIR", str(DEFAULT_CACHE_DIR)))
@@ -58,7 +59,9 @@ class GatewayProcess:
 
     def engine_pid(self) -> int:
         """The managed engine's process (group) id, from the supervisor's pid file."""
-        return int((self.state_dir / "engine.pid").read_text())
+        record = read_pid_file(self.state_dir / "engine.pid")
+        assert record is not None, "no engine pid file"
+        return record[0]
 
     def wait_ready(self, timeout_s: float) -> None:
         """Block until /readyz answers 200."""

@@ -12,7 +12,12 @@ import pytest
 from gateway.metrics import Metrics
 from gateway.testing.server import free_port
 from gateway.upstream.launcher import EngineProcess, EngineSpec, EngineStartError
-from gateway.upstream.supervisor import EngineSupervisor
+from gateway.upstream.supervisor import (
+    EngineSupervisor,
+    kill_stale_engine,
+    read_pid_file,
+    write_pid_file,
+)
 
 FAKE = (sys.executable, "-m", "gateway.testing.fake_vllm")
 
@@ -34,6 +39,12 @@ def group_alive(pgid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def pid_of(pid_file: Path) -> int:
+    record = read_pid_file(pid_file)
+    assert record is not None
+    return record[0]
 
 
 def test_command_carries_lora_flags_and_adapters(tmp_path: Path) -> None:
@@ -89,17 +100,40 @@ async def test_supervisor_restarts_a_killed_engine(tmp_path: Path) -> None:
     await supervisor.start()
     try:
         await asyncio.wait_for(supervisor.ready.wait(), timeout=30)
-        first = int(pid_file.read_text())
+        first = pid_of(pid_file)
         os.killpg(first, signal.SIGKILL)
         for _ in range(300):
             await asyncio.sleep(0.1)
-            if supervisor.ready.is_set() and int(pid_file.read_text()) != first:
+            if supervisor.ready.is_set() and pid_of(pid_file) != first:
                 break
-        second = int(pid_file.read_text())
+        second = pid_of(pid_file)
         assert second != first
         assert supervisor.ready.is_set()
         assert metrics.registry.get_sample_value("gateway_engine_restarts_total") == 1
     finally:
         await supervisor.stop()
     assert not group_alive(second)
+    assert not pid_file.exists()
+
+
+def test_stale_engine_from_a_killed_gateway_is_cleaned_up(tmp_path: Path) -> None:
+    orphan = EngineProcess(spec(tmp_path))
+    orphan.start()
+    pgid = orphan.pid
+    assert pgid is not None
+    pid_file = tmp_path / "engine.pid"
+    write_pid_file(pid_file, pgid, orphan.spec.command())
+    kill_stale_engine(pid_file)
+    # Reap it (it is our child here) and check it died of SIGKILL.
+    assert orphan.wait_exit() == -signal.SIGKILL
+    assert not pid_file.exists()
+    orphan.stop()
+
+
+def test_stale_pid_of_an_unrelated_process_is_left_alone(tmp_path: Path) -> None:
+    pid_file = tmp_path / "engine.pid"
+    # Our own group, recorded with an engine's command line: the pid was reused.
+    write_pid_file(pid_file, os.getpgid(0), spec(tmp_path).command())
+    kill_stale_engine(pid_file)
+    assert group_alive(os.getpgid(0))
     assert not pid_file.exists()
