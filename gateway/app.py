@@ -27,24 +27,25 @@ log = logging.getLogger(__name__)
 def create_app(
     settings: Settings,
     *,
-    transport: httpx.AsyncBaseTransport | None = None,
     adapters: list[AdapterVersion] | None = None,
     metrics: Metrics | None = None,
 ) -> FastAPI:
-    """Build the gateway. Tests pass a `transport` (a fake engine) and their own adapters."""
+    """Build the gateway. Tests pass their own adapters and metrics registry."""
     metrics = metrics or Metrics()
     if adapters is None:
         adapters = scan_adapter_root(settings.resolved_adapter_root)
     catalog = ModelCatalog(settings.base_model_name, adapters)
+    # Control-plane calls (health probes, adapter loads); requests go through `proxy`.
     client = httpx.AsyncClient(
-        transport=transport,
-        timeout=httpx.Timeout(
-            settings.upstream_read_timeout_s, connect=settings.upstream_connect_timeout_s
-        ),
-        limits=httpx.Limits(max_connections=1024, max_keepalive_connections=256),
+        timeout=httpx.Timeout(30.0, connect=settings.upstream_connect_timeout_s)
     )
     pool = UpstreamPool(settings.upstreams, client, metrics, adapters=catalog.adapter_versions)
-    proxy = EngineProxy(pool, client, metrics)
+    proxy = EngineProxy(
+        pool,
+        metrics,
+        connect_timeout_s=settings.upstream_connect_timeout_s,
+        read_timeout_s=settings.upstream_read_timeout_s,
+    )
     supervisor = _engine_supervisor(settings, catalog, metrics)
 
     @contextlib.asynccontextmanager
@@ -53,12 +54,14 @@ def create_app(
             await supervisor.start()
         else:
             _warn_unmanaged(settings)
+        await proxy.open()
         await pool.check_all()
         pool.start(settings.health_interval_s)
         try:
             yield
         finally:
             await pool.stop()
+            await proxy.close()
             if supervisor is not None:
                 await supervisor.stop()
             await client.aclose()

@@ -5,11 +5,12 @@ Nested groups use a double underscore: `GATEWAY_ENGINE__MAX_LORAS=8`.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "lora-gateway"
 
@@ -72,7 +73,7 @@ class Settings(BaseSettings):
     state_dir: Path = Path(".state")
 
     # vLLM servers the gateway does not manage. Empty: start and manage one engine.
-    upstream_urls: list[str] = Field(default_factory=list)
+    upstream_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
     engine: EngineSettings = Field(default_factory=EngineSettings)
 
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
@@ -80,6 +81,16 @@ class Settings(BaseSettings):
     # Longest silence tolerated from the engine (whole answer, or between stream chunks).
     upstream_read_timeout_s: float = Field(default=120.0, gt=0)
     health_interval_s: float = Field(default=2.0, gt=0)
+
+    @field_validator("upstream_urls", mode="before")
+    @classmethod
+    def _split_plain_list(cls, value: object) -> object:
+        # Accept `http://a:8000,http://b:8000` as well as a JSON list.
+        if isinstance(value, str):
+            if value.lstrip().startswith("["):
+                return json.loads(value)
+            return [part.strip() for part in value.split(",")]
+        return value
 
     @field_validator("upstream_urls")
     @classmethod

@@ -1,4 +1,7 @@
-"""Shared request dependencies: the services built by `create_app`, taken from app state."""
+"""Shared request dependencies: the services built by `create_app`, taken from app state.
+
+They are `async def` so FastAPI calls them in the event loop, not in a worker thread.
+"""
 
 from __future__ import annotations
 
@@ -11,19 +14,19 @@ from gateway.metrics import Metrics
 from gateway.upstream.pool import UpstreamPool
 
 
-def get_service(request: Request) -> OpenAIService:
+async def get_service(request: Request) -> OpenAIService:
     """The OpenAI serving service."""
     service: OpenAIService = request.app.state.service
     return service
 
 
-def get_pool(request: Request) -> UpstreamPool:
+async def get_pool(request: Request) -> UpstreamPool:
     """The upstream pool."""
     pool: UpstreamPool = request.app.state.pool
     return pool
 
 
-def get_metrics(request: Request) -> Metrics:
+async def get_metrics(request: Request) -> Metrics:
     """The metrics collectors."""
     metrics: Metrics = request.app.state.metrics
     return metrics

@@ -33,6 +33,8 @@ class FakeEngineState:
     received: list[dict[str, Any]] = field(default_factory=list)
     received_headers: list[dict[str, str]] = field(default_factory=list)
     keep_records: bool = True
+    # Drop the connection after this many stream events, like an engine that dies.
+    break_after_chunks: int | None = None
 
 
 def _served(state: FakeEngineState) -> set[str]:
@@ -115,8 +117,15 @@ def _completion(model: str, chat: bool, text: str) -> dict[str, Any]:
     }
 
 
+class EngineDied(RuntimeError):
+    """Raised inside a stream so the server drops the connection mid-answer."""
+
+
 async def _stream(state: FakeEngineState, model: str, chat: bool) -> AsyncIterator[bytes]:
     for i in range(state.stream_chunks):
+        if state.break_after_chunks is not None and i >= state.break_after_chunks:
+            yield b'data: {"id": "cmpl-fa'  # half an event, then the connection drops
+            raise EngineDied("fake engine died mid-stream")
         if state.chunk_delay_s:
             await asyncio.sleep(state.chunk_delay_s)
         piece = f"tok{i} "

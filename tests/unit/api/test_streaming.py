@@ -6,7 +6,6 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-from fastapi import FastAPI
 
 from gateway.app import create_app
 from gateway.config import Settings
@@ -83,49 +82,11 @@ async def test_completion_stream_relays_text(
     assert json.loads(events[0])["choices"][0]["text"] == "tok0 "
 
 
-class BreakingTransport(httpx.AsyncBaseTransport):
-    """Wraps a transport; response streams break after `after` chunks like a dying peer."""
-
-    def __init__(self, inner: httpx.AsyncBaseTransport, after: int) -> None:
-        self.inner = inner
-        self.after = after
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        response = await self.inner.handle_async_request(request)
-        if not request.url.path.endswith("completions"):
-            return response
-        after = self.after
-
-        class Broken(httpx.AsyncByteStream):
-            async def __aiter__(self) -> AsyncIterator[bytes]:
-                body = b"".join([c async for c in response.stream])  # type: ignore[union-attr]
-                events = body.split(b"\n\n")
-                for event in events[:after]:
-                    yield event + b"\n\n"
-                # Half an event, then the connection drops.
-                yield events[after][:10]
-                raise httpx.RemoteProtocolError("peer closed connection")
-
-        return httpx.Response(response.status_code, headers=response.headers, stream=Broken())
-
-
-@pytest.fixture
-async def breaking_client(metrics: Metrics) -> AsyncIterator[tuple[httpx.AsyncClient, FastAPI]]:
-    state = FakeEngineState(base_model="smollm2", stream_chunks=10)
-    transport = BreakingTransport(httpx.ASGITransport(app=create_fake_vllm(state)), after=2)
-    settings = Settings(base_model_name="smollm2", upstream_urls=["http://engine-a:8000"])
-    app = create_app(settings, transport=transport, adapters=ADAPTERS, metrics=metrics)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as c,
-    ):
-        yield c, app
-
-
 async def test_mid_stream_failure_ends_with_error_event(
-    breaking_client: tuple[httpx.AsyncClient, FastAPI], metrics: Metrics
+    client: httpx.AsyncClient, fake_state: FakeEngineState, metrics: Metrics
 ) -> None:
-    client, _ = breaking_client
+    fake_state.stream_chunks = 10
+    fake_state.break_after_chunks = 2
     response = await client.post("/v1/chat/completions", json=CHAT)
     assert response.status_code == 200
     events = sse_events(response.text)

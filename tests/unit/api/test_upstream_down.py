@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import socket
 from collections.abc import AsyncIterator
 
 import httpx
@@ -8,14 +7,9 @@ import pytest
 
 from gateway.app import create_app
 from gateway.config import Settings
+from gateway.testing.server import free_port
 
 from .conftest import ADAPTERS
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
@@ -24,7 +18,7 @@ async def client_without_engine() -> AsyncIterator[httpx.AsyncClient]:
     settings = Settings(
         base_model_name="smollm2", upstream_urls=[f"http://127.0.0.1:{free_port()}"]
     )
-    app = create_app(settings, transport=httpx.AsyncHTTPTransport(), adapters=ADAPTERS)
+    app = create_app(settings, adapters=ADAPTERS)
     async with (
         app.router.lifespan_context(app),
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as c,

@@ -1,0 +1,154 @@
+"""What both benchmarks share: child processes in their own groups, pinning, health waits."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BIN_DIR = Path(sys.executable).parent
+
+
+class BenchError(RuntimeError):
+    """A benchmark could not run (a process failed to start, a port is taken, ...)."""
+
+
+def percentiles(values: Sequence[float], qs: Sequence[float] = (50, 90, 99)) -> dict[str, float]:
+    """`{"p50": ..., "p90": ..., "p99": ...}` of `values` (NaN when empty)."""
+    if not values:
+        return {f"p{q:g}": float("nan") for q in qs}
+    points = np.percentile(np.asarray(values, dtype=np.float64), list(qs))
+    return {f"p{q:g}": float(v) for q, v in zip(qs, points, strict=True)}
+
+
+def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment for a child: this one, the repo importable, plus `extra`."""
+    env = dict(os.environ)
+    # `loadtest` is not an installed package: children import it from the checkout.
+    paths = [str(REPO_ROOT), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    env.update(extra or {})
+    return env
+
+
+def _pin(cores: set[int] | None) -> Callable[[], None] | None:
+    if not cores:
+        return None
+
+    def pin() -> None:
+        # Runs in the child before exec, so every thread it ever starts inherits the mask.
+        os.sched_setaffinity(0, cores)
+
+    return pin
+
+
+def spawn(
+    cmd: Sequence[str],
+    log_file: Path,
+    env: Mapping[str, str],
+    cores: set[int] | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start `cmd` in its own process group, optionally pinned to `cores`, output to a file."""
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with log_file.open("ab") as log:
+        return subprocess.Popen(
+            list(cmd),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=dict(env),
+            cwd=REPO_ROOT,
+            start_new_session=True,
+            preexec_fn=_pin(cores),
+        )
+
+
+def stop(
+    proc: subprocess.Popen[bytes], grace_s: float = 10.0, sig: signal.Signals = signal.SIGTERM
+) -> None:
+    """Signal the child's whole group (SIGTERM), SIGKILL it after `grace_s`."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=grace_s)
+    # Grandchildren may outlive the leader: always sweep the group.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=5)
+
+
+def log_tail(log_file: Path, chars: int = 2000) -> str:
+    """The end of a child's log (logs live in temporary directories that go away)."""
+    try:
+        return log_file.read_text(errors="replace")[-chars:]
+    except OSError:
+        return ""
+
+
+def wait_ok(url: str, proc: subprocess.Popen[bytes], timeout_s: float, log_file: Path) -> None:
+    """Poll `url` until it answers 200; fail early if `proc` exits."""
+    deadline = time.monotonic() + timeout_s
+    with httpx.Client(timeout=2.0) as client:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise BenchError(
+                    f"{url}: process exited ({proc.returncode}):\n{log_tail(log_file)}"
+                )
+            with contextlib.suppress(httpx.HTTPError):
+                if client.get(url).status_code == 200:
+                    return
+            time.sleep(0.2)
+    raise BenchError(f"{url} not ready after {timeout_s:.0f}s:\n{log_tail(log_file)}")
+
+
+def ensure_port_free(port: int) -> None:
+    """Fail clearly when a loopback port is already taken (another run, another user)."""
+    with socket.socket() as sock:
+        # Like the servers do, so connections still in TIME_WAIT from a last run do not count.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError as exc:
+            raise BenchError(f"port {port} is in use: {exc}") from exc
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process (all its threads) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    # After the command name: state is field 3, utime 14 and stime 15 (1-based, man proc).
+    ticks = int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def load_average() -> float:
+    """The one-minute load average."""
+    return os.getloadavg()[0]
+
+
+def write_json(path: Path, data: Mapping[str, Any]) -> None:
+    """Write a result file (NaN becomes null, so other tools can read it)."""
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, float) and value != value:
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [clean(v) for v in value]
+        return value
+
+    path.write_text(json.dumps(clean(dict(data)), indent=2) + "\n")
