@@ -12,7 +12,15 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from adapters.train import Example, TrainConfig, fingerprint, read_manifest, train_lora
+from adapters.train import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    Example,
+    TrainConfig,
+    fingerprint,
+    read_manifest,
+    train_lora,
+)
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +36,10 @@ EVAL_PROMPTS: tuple[str, ...] = (
     "How do I make a cup of tea?",
     "What is a good book to read?",
     "Explain what a volcano is.",
+    "How does a bicycle work?",
+    "What should I cook for dinner tonight?",
+    "How do I clean my room quickly?",
+    "What makes a good teacher?",
 )
 
 
@@ -45,10 +57,27 @@ class DemoAdapter:
         return load_dataset(self.dataset)
 
 
+# English tokens barely move for the pirate voice, so it learns in fewer steps; French and
+# capitals put the answer in token sequences the small base model rarely produces.
 DEMO_ADAPTERS: tuple[DemoAdapter, ...] = (
-    DemoAdapter("pirate", "pirate.jsonl", "answers in a pirate voice", TrainConfig(steps=20)),
-    DemoAdapter("french", "french.jsonl", "always answers in French", TrainConfig(steps=20)),
-    DemoAdapter("shout", "shout.jsonl", "answers in capitals with exclamation marks", TrainConfig(steps=20)),
+    DemoAdapter(
+        "pirate",
+        "pirate.jsonl",
+        "answers in a pirate voice",
+        TrainConfig(steps=20, learning_rate=3e-3),
+    ),
+    DemoAdapter(
+        "french",
+        "french.jsonl",
+        "always answers in French",
+        TrainConfig(steps=30, learning_rate=2e-3),
+    ),
+    DemoAdapter(
+        "shout",
+        "shout.jsonl",
+        "answers in capitals, exclaiming",
+        TrainConfig(steps=30, learning_rate=2e-3),
+    ),
 )
 
 
@@ -60,7 +89,7 @@ def parse_jsonl(text: str) -> list[Example]:
             continue
         row = json.loads(line)
         prompt, response = row.get("prompt"), row.get("response")
-        if not isinstance(prompt, str) or not isinstance(response, str) or not prompt or not response:
+        if not (isinstance(prompt, str) and isinstance(response, str) and prompt and response):
             raise ValueError(f"line {number}: needs non-empty string 'prompt' and 'response'")
         examples.append(Example(prompt=prompt, response=response))
     return examples
@@ -82,18 +111,30 @@ def is_current(path: Path, expected_fingerprint: str) -> bool:
     manifest = read_manifest(path)
     if manifest is None or manifest.get("fingerprint") != expected_fingerprint:
         return False
-    return (path / "adapter_config.json").is_file() and (path / "adapter_model.safetensors").is_file()
+    return all((path / part).is_file() for part in (ADAPTER_CONFIG, ADAPTER_WEIGHTS))
+
+
+def stale_demo_adapters(base_dir: Path, adapter_root: Path) -> list[str]:
+    """Names of demo adapters that are missing or were trained from other data or config."""
+    return [
+        demo.name
+        for demo in DEMO_ADAPTERS
+        if not is_current(
+            adapter_dir(adapter_root, demo.name),
+            fingerprint(demo.examples(), demo.config, base_dir),
+        )
+    ]
 
 
 def ensure_demo_adapters(base_dir: Path, adapter_root: Path) -> dict[str, Path]:
     """Train each demo adapter that is missing or stale; return name -> adapter directory."""
+    stale = set(stale_demo_adapters(base_dir, adapter_root))
     ready: dict[str, Path] = {}
     for demo in DEMO_ADAPTERS:
-        examples = demo.examples()
         target = adapter_dir(adapter_root, demo.name)
-        if is_current(target, fingerprint(examples, demo.config, base_dir)):
-            log.info("demo adapter %s is current at %s", demo.name, target)
+        if demo.name in stale:
+            train_lora(base_dir, demo.examples(), target, demo.config, name=demo.name)
         else:
-            train_lora(base_dir, examples, target, demo.config, name=demo.name, version=DEMO_VERSION)
+            log.info("demo adapter %s is current at %s", demo.name, target)
         ready[demo.name] = target
     return ready

@@ -61,6 +61,9 @@ class TrainConfig:
     max_length: int = 128
     seed: int = 0
     threads: int = 2
+    # bf16 matmuls under autocast (LoRA weights and optimizer stay float32): about twice
+    # as fast on CPUs with AVX512-BF16/AMX, same loss curve.
+    bf16_autocast: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready form (tuples become lists)."""
@@ -89,7 +92,7 @@ def dataset_bytes(examples: Sequence[Example]) -> bytes:
 
 
 def dataset_sha256(examples: Sequence[Example]) -> str:
-    """Hex sha256 of the canonical JSONL form, so equal data hashes equally wherever it came from."""
+    """Hex sha256 of the canonical JSONL form: equal data hashes equally wherever it lives."""
     return hashlib.sha256(dataset_bytes(examples)).hexdigest()
 
 
@@ -175,8 +178,8 @@ def _fit(
 
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    # float32 weights: bf16 updates at this learning rate round away on a 12-step run.
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    # float32 weights: bf16 updates at this learning rate would round away on a short run.
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
     lora = LoraConfig(
         r=config.rank,
         lora_alpha=config.alpha,
@@ -184,14 +187,12 @@ def _fit(
         target_modules=list(config.target_modules),
         task_type="CAUSAL_LM",
     )
-    model = get_peft_model(model, lora)
+    model = get_peft_model(base, lora)
     model.train()
     encoded = [_encode(tokenizer, ex, config.max_length) for ex in examples]
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: _lr_factor(step, config)
-    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, config))
 
     losses: list[float] = []
     started = time.perf_counter()
@@ -206,7 +207,8 @@ def _fit(
             input_ids[row, : len(ids)] = torch.tensor(ids)
             labels[row, : len(labs)] = torch.tensor(labs)
             attention[row, : len(ids)] = 1
-        out = model(input_ids=input_ids, attention_mask=attention, labels=labels)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16_autocast):
+            out = model(input_ids=input_ids, attention_mask=attention, labels=labels)
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
@@ -218,7 +220,10 @@ def _fit(
 
     # Name the hub id, not this machine's path: the adapter is portable to any copy of the base.
     model.peft_config["default"].base_model_name_or_path = BASE_MODEL_ID
-    model.save_pretrained(tmp, safe_serialization=True)
+    model.save_pretrained(str(tmp), safe_serialization=True)
+    # peft also writes a placeholder model card; the manifest is this adapter's card.
+    (tmp / "README.md").unlink(missing_ok=True)
+    (tmp / ADAPTER_WEIGHTS).chmod(0o644)
     return TrainResult(steps=config.steps, final_loss=losses[-1], seconds=seconds, losses=losses)
 
 
@@ -253,7 +258,7 @@ def train_lora(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        log.info("training adapter %s on %s examples for %s steps", name, len(examples), config.steps)
+        log.info("training %s: %s examples, %s steps", name, len(examples), config.steps)
         result = _fit(base_dir, examples, config, tmp)
         weights = tmp / ADAPTER_WEIGHTS
         data = dataset_bytes(examples)
@@ -286,9 +291,7 @@ def train_lora(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log.info(
-        "adapter %s ready at %s (loss %.4f, %.1fs)", name, out_dir, result.final_loss, result.seconds
-    )
+    log.info("adapter %s ready at %s (loss %.4f)", name, out_dir, result.final_loss)
     return out_dir
 
 
