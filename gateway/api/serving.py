@@ -9,10 +9,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
 
 from gateway.api.errors import request_id_of
+from gateway.api.responses import RelayResponse
 from gateway.errors import GatewayError, InvalidRequest, error_body
 from gateway.metrics import Metrics, status_class
 from gateway.routing.catalog import ModelCatalog, Target
@@ -53,7 +54,7 @@ class OpenAIService:
             return Response(
                 reply.body, status_code=reply.status, media_type=reply.content_type, headers=headers
             )
-        return StreamingResponse(
+        return RelayResponse(
             self._relay(reply, endpoint, target, started, request_id),
             status_code=reply.status,
             media_type=reply.content_type,

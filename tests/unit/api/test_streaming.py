@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
@@ -132,3 +133,22 @@ async def test_stalled_stream_ends_with_timeout_event(
     assert time.perf_counter() - started < 5
     events = sse_events(response.text)
     assert json.loads(events[-1])["error"]["type"] == "upstream_timeout"
+
+
+async def test_client_disconnect_stops_reading_the_engine(
+    socket_client: tuple[httpx.AsyncClient, FakeEngineState], metrics: Metrics
+) -> None:
+    client, fake_state = socket_client
+    fake_state.stream_chunks = 50
+    fake_state.chunk_delay_s = 0.05
+    started = time.perf_counter()
+    async with client.stream("POST", "/v1/chat/completions", json=CHAT) as response:
+        async for _ in response.aiter_bytes():
+            break  # the client leaves after the first chunk
+    for _ in range(40):
+        if metrics.in_flight._value.get() == 0:
+            break
+        await asyncio.sleep(0.05)
+    # The relay stopped long before the engine's 2.5 s stream would have ended.
+    assert metrics.in_flight._value.get() == 0
+    assert time.perf_counter() - started < 2.0
