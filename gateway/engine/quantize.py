@@ -98,7 +98,7 @@ def compression_format(scheme: str) -> str:
     }
     if scheme not in formats:
         raise ValueError(f"unknown quantization scheme {scheme!r}; expected one of {SCHEMES}")
-    return formats[scheme].value
+    return str(formats[scheme].value)
 
 
 def quantization_config(scheme: str) -> QuantizationConfig:

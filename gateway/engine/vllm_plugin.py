@@ -4,7 +4,8 @@ vLLM calls `register()` in each process it starts (API server, engine core, work
 so it is idempotent and this module imports nothing heavy: vLLM and torch are only
 touched inside `register()`.
 
-What it installs: the LoRA isolation fix. vLLM 0.32's CPU LoRA ops index the stacked
+What it installs: (1) `gateway.engine.int8_lora`, which lets LoRA wrap int8 layers on CPUs
+without AMX; (2) the LoRA isolation fix. vLLM 0.32's CPU LoRA ops index the stacked
 adapter weights with per-token LoRA indices where -1 means "no adapter"; `weights[-1]`
 is the last adapter slot, so base requests batched with adapter requests receive that
 adapter's delta. `gateway.engine.lora_ops` holds fixed ops, and they are bound under
@@ -75,6 +76,9 @@ def lora_fix_enabled(environ: Mapping[str, str]) -> bool:
 def register() -> None:
     """Install the gateway's engine patches into vLLM (idempotent)."""
     global _disabled_warned
+    from gateway.engine.int8_lora import install_int8_lora_device_fix
+
+    install_int8_lora_device_fix()
     if lora_fix_enabled(os.environ):
         install_lora_fix()
         return

@@ -10,7 +10,6 @@ contamination, which proves this test can fail.
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,11 +17,16 @@ from pathlib import Path
 import httpx
 import pytest
 
+from gateway.testing.server import free_port
 from gateway.upstream.launcher import EngineProcess, EngineSpec
+
+from .conftest import EngineAssets
 
 pytestmark = pytest.mark.integration
 
 MAX_TOKENS = 48
+# Prompts per model in the mixed batch: 8 x (base + 3 adapters) = 32 concurrent requests.
+MIXED_PROMPTS = 8
 # The order adapters are first used in decides their slots (vLLM takes the first free
 # slot), so the last name here is the adapter in the last slot.
 ADAPTER_ORDER = ("pirate", "french", "shout")
@@ -39,30 +43,6 @@ def served_name(adapter: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def engine_cache_dir() -> Path:
-    """Where models and adapters are cached across test runs."""
-    return Path(os.environ.get("LORA_GATEWAY_TEST_CACHE", "/tmp/lgcache"))
-
-
-@pytest.fixture(scope="session")
-def engine_base_dir(engine_cache_dir: Path) -> Path:
-    """The Hugging Face directory of the base model the engine serves."""
-    default = engine_cache_dir / "models" / "smollm2-135m-instruct-bf16"
-    path = Path(os.environ.get("LORA_GATEWAY_TEST_BASE_DIR", default))
-    if not (path / "config.json").is_file():
-        pytest.skip(f"no base model at {path}")
-    return path
-
-
-@pytest.fixture(scope="session")
-def demo_adapter_dirs(engine_base_dir: Path, engine_cache_dir: Path) -> dict[str, Path]:
-    """The demo adapters (pirate, french, shout), trained once into the cache."""
-    from adapters.demo import ensure_demo_adapters
-
-    return ensure_demo_adapters(engine_base_dir, engine_cache_dir / "adapters")
-
-
-@pytest.fixture(scope="session")
 def style_of() -> Callable[[str], str]:
     """The demo style classifier: "pirate", "french", "shout" or "base"."""
     from adapters.styles import classify_style
@@ -75,7 +55,7 @@ def eval_prompts() -> tuple[str, ...]:
     """Prompts held out of every demo adapter's training set."""
     from adapters.demo import EVAL_PROMPTS
 
-    return EVAL_PROMPTS
+    return tuple(EVAL_PROMPTS[:MIXED_PROMPTS])
 
 
 # --- one run: an engine, its slots filled in a known order, one mixed batch ------------------
@@ -148,20 +128,18 @@ async def _exercise(url: str, prompts: tuple[str, ...]) -> tuple[list[tuple[str,
 def _run_isolation(
     *,
     fix: str,
-    port: int,
-    base_dir: Path,
-    adapter_dirs: dict[str, Path],
+    assets: EngineAssets,
     prompts: tuple[str, ...],
     style_of: Callable[[str], str],
     log_file: Path,
 ) -> IsolationRun:
     spec = EngineSpec(
-        model_dir=base_dir,
+        model_dir=assets.model_dir,
         served_name=BASE,
-        port=port,
+        port=free_port(),
         # Every slot filled: with a free last slot the bug stays invisible.
         max_loras=len(ADAPTER_ORDER),
-        lora_modules={served_name(a): adapter_dirs[a] for a in ADAPTER_ORDER},
+        lora_modules={served_name(a): assets.adapters[a] for a in ADAPTER_ORDER},
         omp_threads_bind="0-1",
         extra_env={"LORA_GATEWAY_LORA_FIX": fix},
         log_file=log_file,
@@ -183,8 +161,7 @@ def _run_isolation(
 
 @pytest.fixture(scope="module")
 def run_with_fix(
-    engine_base_dir: Path,
-    demo_adapter_dirs: dict[str, Path],
+    engine_assets: EngineAssets,
     eval_prompts: tuple[str, ...],
     style_of: Callable[[str], str],
     tmp_path_factory: pytest.TempPathFactory,
@@ -192,9 +169,7 @@ def run_with_fix(
     """A mixed batch against an engine with the LoRA fix on (the default)."""
     yield _run_isolation(
         fix="1",
-        port=8031,
-        base_dir=engine_base_dir,
-        adapter_dirs=demo_adapter_dirs,
+        assets=engine_assets,
         prompts=eval_prompts,
         style_of=style_of,
         log_file=tmp_path_factory.mktemp("engine-fix") / "vllm.log",
@@ -203,8 +178,7 @@ def run_with_fix(
 
 @pytest.fixture(scope="module")
 def run_without_fix(
-    engine_base_dir: Path,
-    demo_adapter_dirs: dict[str, Path],
+    engine_assets: EngineAssets,
     eval_prompts: tuple[str, ...],
     style_of: Callable[[str], str],
     tmp_path_factory: pytest.TempPathFactory,
@@ -212,9 +186,7 @@ def run_without_fix(
     """The same mixed batch against an engine running vLLM's own LoRA ops."""
     yield _run_isolation(
         fix="0",
-        port=8032,
-        base_dir=engine_base_dir,
-        adapter_dirs=demo_adapter_dirs,
+        assets=engine_assets,
         prompts=eval_prompts,
         style_of=style_of,
         log_file=tmp_path_factory.mktemp("engine-nofix") / "vllm.log",
