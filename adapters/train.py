@@ -220,7 +220,9 @@ def _fit(
 
     # Name the hub id, not this machine's path: the adapter is portable to any copy of the base.
     model.peft_config["default"].base_model_name_or_path = BASE_MODEL_ID
-    model.save_pretrained(str(tmp), safe_serialization=True)
+    # With embedding layers on "auto", peft looks the base model up on the hub; the adapter
+    # trains no embeddings, so say so and stay offline.
+    model.save_pretrained(str(tmp), safe_serialization=True, save_embedding_layers=False)
     # peft also writes a placeholder model card; the manifest is this adapter's card.
     (tmp / "README.md").unlink(missing_ok=True)
     (tmp / ADAPTER_WEIGHTS).chmod(0o644)

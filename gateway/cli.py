@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Annotated
 
 import typer
@@ -23,6 +24,9 @@ def _settings(host: str | None, port: int | None) -> Settings:
 @app.command()
 def prepare() -> None:
     """Prepare the embedded base model checkpoint and train the demo adapters (once; cached)."""
+    # Everything comes from local packages and files: never ask a model hub.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     # Only this command needs torch; the serving process never imports it.
     from adapters.demo import ensure_demo_adapters
     from gateway.engine.basemodel import convert_gguf, prepare_base_model

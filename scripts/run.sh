@@ -3,6 +3,8 @@
 # adapters, and the gateway on 127.0.0.1:8000 with its state in .state/. Ctrl-C stops both.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Models come from local packages and files only: never ask a model hub.
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 scripts/setup.sh
 .venv/bin/lora-gateway prepare
 exec .venv/bin/lora-gateway serve "$@"

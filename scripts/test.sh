@@ -3,6 +3,8 @@
 # (real vLLM on the CPU with SmolLM2 and the demo adapters).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Models come from local packages and files only: never ask a model hub.
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 scripts/setup.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .

@@ -15,6 +15,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+# Models come from local packages and files only: never ask a model hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
 from gateway.config import DEFAULT_CACHE_DIR
 from gateway.testing.server import free_port
 from gateway.upstream.supervisor import read_pid_file
