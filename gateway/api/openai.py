@@ -20,18 +20,20 @@ _CREATED = int(time.time())
 # resolution costs more per request than everything the gateway itself does here.
 
 
-@router.post("/chat/completions")
 async def chat_completions(request: Request) -> Response:
     """Chat completion on the base model or an adapter, plain or streamed."""
     service: OpenAIService = request.app.state.service
     return await service.handle(request, "/v1/chat/completions", ChatCompletionRequest)
 
 
-@router.post("/completions")
 async def completions(request: Request) -> Response:
     """Text completion on the base model or an adapter, plain or streamed."""
     service: OpenAIService = request.app.state.service
     return await service.handle(request, "/v1/completions", CompletionRequest)
+
+
+router.add_route("/v1/chat/completions", chat_completions, methods=["POST"], include_in_schema=False)
+router.add_route("/v1/completions", completions, methods=["POST"], include_in_schema=False)
 
 
 @router.get("/models")
