@@ -16,8 +16,8 @@ router = APIRouter(prefix="/v1")
 _CREATED = int(time.time())
 
 
-# The two hot endpoints take their service straight from app state: FastAPI's dependency
-# resolution costs more per request than everything the gateway itself does here.
+# The two hot endpoints are plain Starlette routes that take their service from app state:
+# FastAPI's per-request dependency resolution costs more than the gateway's own work here.
 
 
 async def chat_completions(request: Request) -> Response:
@@ -32,8 +32,9 @@ async def completions(request: Request) -> Response:
     return await service.handle(request, "/v1/completions", CompletionRequest)
 
 
-router.add_route("/v1/chat/completions", chat_completions, methods=["POST"], include_in_schema=False)
-router.add_route("/v1/completions", completions, methods=["POST"], include_in_schema=False)
+# Plain routes (full paths: a router's prefix does not apply to them); docs/api.md has them.
+router.add_route("/v1/chat/completions", chat_completions, ["POST"], include_in_schema=False)
+router.add_route("/v1/completions", completions, ["POST"], include_in_schema=False)
 
 
 @router.get("/models")
