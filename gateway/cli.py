@@ -56,11 +56,13 @@ def serve(
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # httpx logs every health probe at INFO.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     model_dir = settings.resolved_model_dir
     if settings.managed_engine and not (model_dir / "config.json").is_file():
         console.print(f"[red]No model at {model_dir}.[/red] Run `lora-gateway prepare` first.")
         raise typer.Exit(2)
-    console.print(_banner(settings))
+    console.print(_banner(settings), soft_wrap=True, highlight=False)
     uvicorn.run(
         create_app(settings),
         host=settings.host,

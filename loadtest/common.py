@@ -152,3 +152,15 @@ def write_json(path: Path, data: Mapping[str, Any]) -> None:
         return value
 
     path.write_text(json.dumps(clean(dict(data)), indent=2) + "\n")
+
+
+def run_guarded(run: Callable[[], Any]) -> tuple[Any, float, float]:
+    """Run a benchmark with SIGTERM taking the Ctrl-C path (so every child is stopped).
+
+    Returns its result and the 1-minute load average before and after; a BenchError is
+    printed by the caller's CLI as a clean failure.
+    """
+    load_before = load_average()
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    result = run()
+    return result, load_before, load_average()

@@ -41,8 +41,8 @@ from loadtest.common import (
     child_env,
     cpu_seconds,
     ensure_port_free,
-    load_average,
     percentiles,
+    run_guarded,
     spawn,
     stop,
     wait_ok,
@@ -491,15 +491,11 @@ def main(
         client_core=client_core,
         profile=profile,
     )
-    load_before = load_average()
-    # A SIGTERM must still stop the fake and the gateway: send it down the Ctrl-C path.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        results = run(plan)
+        results, load_before, load_after = run_guarded(lambda: run(plan))
     except BenchError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from exc
-    load_after = load_average()
     console.print(
         f"load average (1 min): {load_before:.2f} before, {load_after:.2f} after. "
         "added = through minus direct, per percentile; "

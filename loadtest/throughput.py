@@ -10,7 +10,6 @@ bracket drift from other work on the machine; the ratio uses their mean).
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,7 @@ from loadtest.common import (
     ensure_port_free,
     load_average,
     log_tail,
+    run_guarded,
     spawn,
     stop,
     wait_ok,
@@ -405,15 +405,11 @@ def main(
         start_timeout_s=start_timeout,
         keep_logs=keep_logs,
     )
-    load_before = load_average()
-    # Ctrl-C must still stop vLLM and the gateway: turn SIGTERM into the same path.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        results = run(plan)
+        results, load_before, load_after = run_guarded(lambda: run(plan))
     except BenchError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from exc
-    load_after = load_average()
     console.print(
         f"load average (1 min): {load_before:.2f} before, {load_after:.2f} after. "
         "through/direct: mean of the through runs over the mean of the direct runs "
