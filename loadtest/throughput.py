@@ -126,7 +126,12 @@ def bench_command(base_url: str, model: str, workload: Workload, result: Path) -
 
 
 def run_bench(
-    name: str, base_url: str, model: str, workload: Workload, work_dir: Path
+    name: str,
+    base_url: str,
+    model: str,
+    workload: Workload,
+    work_dir: Path,
+    cores: set[int] | None = None,
 ) -> dict[str, Any]:
     """Run `vllm bench serve` once (own process group, bounded) and return its result file."""
     result = work_dir / f"{name}.json"
@@ -135,7 +140,7 @@ def run_bench(
         {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1"}
     )
     load_before = load_average()
-    proc = spawn(bench_command(base_url, model, workload, result), log_file, env)
+    proc = spawn(bench_command(base_url, model, workload, result), log_file, env, cores)
     try:
         code = proc.wait(timeout=workload.timeout_s)
     except subprocess.TimeoutExpired as exc:
@@ -277,6 +282,7 @@ class Plan:
     engine_port: int
     gateway_port: int
     engine_cores: str
+    client_cores: set[int] | None
     start_timeout_s: float
     keep_logs: Path | None
 
@@ -316,6 +322,7 @@ def run(plan: Plan) -> dict[str, Any]:
             [str(BIN_DIR / "lora-gateway"), "serve", "--port", str(plan.gateway_port)],
             gateway_log,
             _gateway_env(engine_url, adapter_root, work_dir),
+            plan.client_cores,
         )
         stack.callback(stop, gateway)
         # Ready means the engine answered a health check and took every adapter.
@@ -328,7 +335,9 @@ def run(plan: Plan) -> dict[str, Any]:
                 url = gateway_url if through else engine_url
                 model = case.through_model if through else case.direct_model
                 console.print(f"{case.label} / {name}: vllm bench serve --model {model} at {url}")
-                runs[name] = run_bench(f"{case.label}-{name}", url, model, plan.workload, work_dir)
+                runs[name] = run_bench(
+                    f"{case.label}-{name}", url, model, plan.workload, work_dir, plan.client_cores
+                )
             comparison = _compare(runs)
             console.print(_table(case.label, runs, comparison))
             results[case.label] = {
@@ -369,6 +378,13 @@ def main(
     engine_cores: Annotated[
         str, typer.Option(help="VLLM_CPU_OMP_THREADS_BIND for the engine.")
     ] = "auto",
+    client_cores: Annotated[
+        str | None,
+        typer.Option(
+            help="Cores for the gateway and the load tool, e.g. 1 (with --engine-cores 0): "
+            "keeps them from disturbing the engine's OpenMP threads."
+        ),
+    ] = None,
     bench_timeout: Annotated[float, typer.Option(help="Seconds allowed per bench run.")] = 900.0,
     start_timeout: Annotated[
         float, typer.Option(help="Seconds allowed for vLLM to start.")
@@ -402,6 +418,7 @@ def main(
         engine_port=engine_port,
         gateway_port=gateway_port,
         engine_cores=engine_cores,
+        client_cores={int(c) for c in client_cores.split(",")} if client_cores else None,
         start_timeout_s=start_timeout,
         keep_logs=keep_logs,
     )
@@ -427,6 +444,7 @@ def main(
                 k: str(v) if isinstance(v, Path) else v for k, v in vars(workload).items()
             },
             "engine_cores": engine_cores,
+            "client_cores": client_cores,
             "aim_ratio": AIM_RATIO,
         }
         report = {
