@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -44,9 +45,9 @@ class OpenAIService:
             reply = await self._proxy.send(
                 endpoint, json.dumps(payload).encode(), request_id, stream
             )
-        except GatewayError as exc:
+        except BaseException as exc:
             self._metrics.in_flight.dec()
-            self._record(endpoint, target, exc.status_code, started)
+            self._record(endpoint, target, _failure_status(exc), started)
             raise
         if reply.stream is None:
             self._metrics.in_flight.dec()
@@ -93,6 +94,14 @@ class OpenAIService:
         labels = (endpoint, target.adapter_label, target.version_label, status_class(status))
         self._metrics.requests.labels(*labels).inc()
         self._metrics.request_duration.labels(*labels).observe(time.perf_counter() - started)
+
+
+def _failure_status(exc: BaseException) -> int:
+    """The status recorded for a request that failed before the engine answered."""
+    if isinstance(exc, GatewayError):
+        return exc.status_code
+    # 499: the client went away (the request task was cancelled), as nginx records it.
+    return 499 if isinstance(exc, asyncio.CancelledError) else 500
 
 
 def parse_body(raw: bytes, schema: type[BaseModel]) -> dict[str, Any]:
