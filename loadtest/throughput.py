@@ -24,6 +24,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from gateway.config import DEFAULT_CACHE_DIR
 from gateway.upstream.launcher import EngineProcess, EngineSpec, EngineStartError
 from loadtest.common import (
     BIN_DIR,
@@ -39,7 +40,8 @@ from loadtest.common import (
     write_json,
 )
 
-DEFAULT_MODEL_DIR = Path("/tmp/lgcache/models/smollm2-135m-instruct-w8a8")
+# What `lora-gateway prepare` makes for the embedded default.
+DEFAULT_MODEL_DIR = DEFAULT_CACHE_DIR / "models" / "smollm2-135m-instruct-w8a8"
 SERVED_NAME = "smollm2-135m-instruct"
 AIM_RATIO = 0.97
 # The numbers compared between runs, as `vllm bench serve` names them in its result file.
