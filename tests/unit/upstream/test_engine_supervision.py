@@ -63,9 +63,11 @@ def test_engine_starts_healthy_and_stops_its_whole_group(tmp_path: Path) -> None
     engine = EngineProcess(spec(tmp_path))
     engine.start()
     pid = engine.pid
-    assert pid is not None
-    assert httpx.get(f"{engine.url}/health").status_code == 200
-    engine.stop()
+    try:
+        assert pid is not None
+        assert httpx.get(f"{engine.url}/health").status_code == 200
+    finally:
+        engine.stop()
     assert not group_alive(pid)
     assert "starting:" in (tmp_path / "engine.log").read_text()
 
@@ -119,15 +121,17 @@ async def test_supervisor_restarts_a_killed_engine(tmp_path: Path) -> None:
 def test_stale_engine_from_a_killed_gateway_is_cleaned_up(tmp_path: Path) -> None:
     orphan = EngineProcess(spec(tmp_path))
     orphan.start()
-    pgid = orphan.pid
-    assert pgid is not None
-    pid_file = tmp_path / "engine.pid"
-    write_pid_file(pid_file, pgid, orphan.spec.command())
-    kill_stale_engine(pid_file)
-    # Reap it (it is our child here) and check it died of SIGKILL.
-    assert orphan.wait_exit() == -signal.SIGKILL
-    assert not pid_file.exists()
-    orphan.stop()
+    try:
+        pgid = orphan.pid
+        assert pgid is not None
+        pid_file = tmp_path / "engine.pid"
+        write_pid_file(pid_file, pgid, orphan.spec.command())
+        kill_stale_engine(pid_file)
+        # Reap it (it is our child here) and check it died of SIGKILL.
+        assert orphan.wait_exit() == -signal.SIGKILL
+        assert not pid_file.exists()
+    finally:
+        orphan.stop()
 
 
 def test_stale_pid_of_an_unrelated_process_is_left_alone(tmp_path: Path) -> None:
