@@ -46,7 +46,7 @@ def create_app(
         connect_timeout_s=settings.upstream_connect_timeout_s,
         read_timeout_s=settings.upstream_read_timeout_s,
     )
-    supervisor = _engine_supervisor(settings, catalog, metrics)
+    supervisor = _engine_supervisor(settings, metrics)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -85,9 +85,9 @@ def create_app(
     return app
 
 
-def _engine_supervisor(
-    settings: Settings, catalog: ModelCatalog, metrics: Metrics
-) -> EngineSupervisor | None:
+def _engine_supervisor(settings: Settings, metrics: Metrics) -> EngineSupervisor | None:
+    # No `--lora-modules`: adapters reach every replica, managed or not, the same way (the
+    # pool loads what the catalogue has when the replica comes up healthy).
     if not settings.managed_engine:
         return None
     engine = settings.engine
@@ -101,7 +101,6 @@ def _engine_supervisor(
         max_lora_rank=engine.max_lora_rank,
         max_model_len=engine.max_model_len,
         max_num_seqs=engine.max_num_seqs,
-        lora_modules={a.engine_name: a.path for a in catalog.adapter_versions()},
         kvcache_gib=engine.kvcache_gib,
         omp_threads_bind=engine.omp_threads_bind,
         quantization=engine.quantization,

@@ -184,5 +184,8 @@ def test_engine_killed_mid_stream_ends_stream_then_recovers(
     gateway.wait_ready(timeout_s=300)
     assert "Paris" in chat(client, BASE_NAME, "What is the capital of France?")
     assert classify_style(chat(client, "pirate", "Tell me about snow.")) == "pirate"
-    restarts = httpx.get(f"{gateway.url}/metrics", timeout=10).text
-    assert "gateway_engine_restarts_total 1.0" in restarts
+    metrics = httpx.get(f"{gateway.url}/metrics", timeout=10).text
+    assert "gateway_engine_restarts_total 1.0" in metrics
+    # Every adapter was loaded by the gateway twice: at the first start and after the restart.
+    loads = 2 * len(ADAPTERS)
+    assert f'gateway_adapter_loads_total{{outcome="ok"}} {loads}.0' in metrics
