@@ -16,7 +16,7 @@ from gateway.api.serving import OpenAIService
 from gateway.config import Settings
 from gateway.metrics import Metrics
 from gateway.routing.catalog import AdapterVersion, ModelCatalog, scan_adapter_root
-from gateway.upstream.launcher import EngineProcess, EngineSpec
+from gateway.upstream.launcher import EngineProcess, EngineSpec, engine_plugin_env
 from gateway.upstream.pool import UpstreamPool
 from gateway.upstream.proxy import EngineProxy
 from gateway.upstream.supervisor import EngineSupervisor
@@ -106,6 +106,7 @@ def _engine_supervisor(settings: Settings, metrics: Metrics) -> EngineSupervisor
         quantization=engine.quantization,
         dtype=engine.dtype,
         extra_args=tuple(engine.extra_args),
+        extra_env=engine_plugin_env(engine.lora_ops, compile_lora=engine.lora_compile),
         start_timeout_s=engine.start_timeout_s,
     )
     return EngineSupervisor(

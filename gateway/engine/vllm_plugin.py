@@ -5,12 +5,21 @@ so it is idempotent and this module imports nothing heavy: vLLM and torch are on
 touched inside `register()`.
 
 What it installs: (1) `gateway.engine.int8_lora`, which lets LoRA wrap int8 layers on CPUs
-without AMX; (2) the LoRA isolation fix. vLLM 0.32's CPU LoRA ops index the stacked
-adapter weights with per-token LoRA indices where -1 means "no adapter"; `weights[-1]`
-is the last adapter slot, so base requests batched with adapter requests receive that
-adapter's delta. `gateway.engine.lora_ops` holds fixed ops, and they are bound under
-every name vLLM's CPU backend looks them up by. `LORA_GATEWAY_LORA_FIX=0` keeps vLLM's
-own ops (for measuring the bug).
+without AMX; (2) the LoRA isolation fix; (3) the grouped LoRA ops
+(`gateway.engine.punica_grouped`) as the CPU platform's punica wrapper, and torch.compile
+back on for LoRA models, which vLLM's CPU platform otherwise turns off.
+
+vLLM 0.32's CPU LoRA ops index the stacked adapter weights with per-token LoRA indices
+where -1 means "no adapter"; `weights[-1]` is the last adapter slot, so base requests
+batched with adapter requests receive that adapter's delta. `gateway.engine.lora_ops`
+holds fixed ops, and they are bound under every name vLLM's CPU backend looks them up by
+(the grouped wrapper does not call them, but the `vllm` ops choice does).
+
+Switches, read from the engine's environment:
+- `LORA_GATEWAY_LORA_OPS=grouped` (default) or `vllm`: vLLM's own per-token ops (with the
+  isolation fix), for comparison or as a fallback;
+- `LORA_GATEWAY_LORA_COMPILE=1` (default) or `0`: compile LoRA models (grouped ops only);
+- `LORA_GATEWAY_LORA_FIX=0`: vLLM exactly as released, bug included (implies `vllm` ops).
 """
 
 from __future__ import annotations
@@ -20,14 +29,18 @@ import inspect
 import logging
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import ModuleType
+from typing import Any
 
 # A child of vLLM's logger: vLLM puts its handler on "vllm" and stops propagation there,
 # so this is the name under which the records show up in the engine's log.
 log = logging.getLogger("vllm.plugins.lora_gateway")
 
 LORA_FIX_ENV = "LORA_GATEWAY_LORA_FIX"
+LORA_OPS_ENV = "LORA_GATEWAY_LORA_OPS"
+LORA_COMPILE_ENV = "LORA_GATEWAY_LORA_COMPILE"
+LORA_OPS_CHOICES = ("grouped", "vllm")
 
 # The ops' layout and semantics were read from this vLLM release; others are left alone.
 SUPPORTED_VLLM = (0, 32)
@@ -56,6 +69,8 @@ OP_NAMES: tuple[str, ...] = (
 # (module name, op name) -> vLLM's function, kept so the fix can be taken out again.
 _originals: dict[tuple[str, str], object] = {}
 _disabled_warned = False
+# (class, attribute) -> vLLM's own, for the grouped ops' class patches.
+_class_originals: dict[tuple[type, str], object] = {}
 
 
 class UnexpectedVllmError(RuntimeError):
@@ -73,6 +88,20 @@ def lora_fix_enabled(environ: Mapping[str, str]) -> bool:
     return True
 
 
+def lora_ops_choice(environ: Mapping[str, str]) -> str:
+    """Which LoRA ops the engine runs (`LORA_GATEWAY_LORA_OPS`): "grouped" or "vllm"."""
+    value = environ.get(LORA_OPS_ENV, "grouped").strip().lower()
+    if value not in LORA_OPS_CHOICES:
+        log.warning("%s=%r is not one of %s; using grouped", LORA_OPS_ENV, value, LORA_OPS_CHOICES)
+        return "grouped"
+    return value
+
+
+def lora_compile_enabled(environ: Mapping[str, str]) -> bool:
+    """Whether LoRA models are compiled with the grouped ops (`LORA_GATEWAY_LORA_COMPILE`)."""
+    return environ.get(LORA_COMPILE_ENV, "1").strip() != "0"
+
+
 def register() -> None:
     """Install the gateway's engine patches into vLLM (idempotent)."""
     global _disabled_warned
@@ -81,6 +110,8 @@ def register() -> None:
     install_int8_lora_device_fix()
     if lora_fix_enabled(os.environ):
         install_lora_fix()
+        if lora_ops_choice(os.environ) == "grouped":
+            install_grouped_ops(compile_lora=lora_compile_enabled(os.environ))
         return
     if not _disabled_warned:
         _disabled_warned = True
@@ -133,6 +164,70 @@ def uninstall_lora_fix() -> None:
         if module is not None:
             setattr(module, name, original)
     _originals.clear()
+
+
+def install_grouped_ops(*, compile_lora: bool) -> bool:
+    """Make the CPU platform hand out the grouped punica wrapper (and compile LoRA models)."""
+    try:
+        _patch_targets()
+        from vllm.platforms.cpu import CpuPlatform
+
+        from gateway.engine.punica_grouped import QUALNAME
+    except (UnexpectedVllmError, ImportError) as exc:
+        log.warning("grouped LoRA ops not installed, keeping vLLM's: %s", exc)
+        return False
+    if not grouped_ops_installed():
+        _replace(CpuPlatform, "get_punica_wrapper", classmethod(lambda cls: QUALNAME))
+        log.info("grouped LoRA ops installed: %s", QUALNAME)
+    if compile_lora and (CpuPlatform, "check_and_update_config") not in _class_originals:
+        original = CpuPlatform.__dict__["check_and_update_config"]
+        _replace(
+            CpuPlatform, "check_and_update_config", classmethod(_compiling_lora(original.__func__))
+        )
+    return True
+
+
+def grouped_ops_installed() -> bool:
+    """Whether this process hands out the grouped punica wrapper."""
+    return any(name == "get_punica_wrapper" for _, name in _class_originals)
+
+
+def uninstall_grouped_ops() -> None:
+    """Put the CPU platform's own methods back."""
+    for (owner, name), original in _class_originals.items():
+        setattr(owner, name, original)
+    _class_originals.clear()
+
+
+def _replace(owner: type, name: str, replacement: object) -> None:
+    """Set a class attribute, keeping the original to put back."""
+    _class_originals[(owner, name)] = owner.__dict__[name]
+    setattr(owner, name, replacement)
+
+
+def _compiling_lora(check: Callable[[Any, Any], None]) -> Callable[[Any, Any], None]:
+    """Wrap the CPU platform's config check so that LoRA no longer forces eager mode.
+
+    vLLM turns compilation off for LoRA on CPU because its ops branch in Python on the
+    step's metadata, which a graph traced once would freeze. The grouped ops keep every
+    such branch inside opaque custom ops, so the compiled graph stays valid.
+    """
+
+    def check_and_update_config(cls: Any, vllm_config: Any) -> None:
+        from vllm.config import CompilationMode
+
+        requested = vllm_config.compilation_config.mode
+        check(cls, vllm_config)
+        config = vllm_config.compilation_config
+        if (
+            vllm_config.lora_config is not None
+            and requested == CompilationMode.VLLM_COMPILE
+            and config.mode == CompilationMode.NONE
+        ):
+            config.mode = CompilationMode.DYNAMO_TRACE_ONCE
+            log.info("LoRA model compiled (grouped LoRA ops are opaque custom ops)")
+
+    return check_and_update_config
 
 
 def _patch_targets() -> list[ModuleType]:

@@ -19,7 +19,17 @@ from pathlib import Path
 
 import httpx
 
+from gateway.engine.vllm_plugin import LORA_COMPILE_ENV, LORA_OPS_ENV
+
 log = logging.getLogger(__name__)
+
+
+def engine_plugin_env(lora_ops: str, *, compile_lora: bool) -> dict[str, str]:
+    """The environment that selects the engine plugin's LoRA ops (`gateway.engine.vllm_plugin`)."""
+    return {
+        LORA_OPS_ENV: lora_ops,
+        LORA_COMPILE_ENV: "1" if compile_lora else "0",
+    }
 
 
 class EngineStartError(RuntimeError):
@@ -35,6 +45,8 @@ class EngineSpec:
     log_file: Path
     host: str = "127.0.0.1"
     port: int = 8001
+    # False: serve the base model alone (no `--enable-lora`), e.g. as a benchmark reference.
+    enable_lora: bool = True
     max_loras: int = 4
     max_lora_rank: int = 16
     max_model_len: int = 1024
@@ -71,18 +83,16 @@ class EngineSpec:
             str(self.max_model_len),
             "--max-num-seqs",
             str(self.max_num_seqs),
-            "--enable-lora",
-            "--max-loras",
-            str(self.max_loras),
-            "--max-lora-rank",
-            str(self.max_lora_rank),
             "--disable-uvicorn-access-log",
         ]
+        if self.enable_lora:
+            cmd += ["--enable-lora", "--max-loras", str(self.max_loras)]
+            cmd += ["--max-lora-rank", str(self.max_lora_rank)]
         if self.quantization:
             cmd += ["--quantization", self.quantization]
         if self.dtype:
             cmd += ["--dtype", self.dtype]
-        if self.lora_modules:
+        if self.lora_modules and self.enable_lora:
             cmd.append("--lora-modules")
             cmd += [f"{name}={path}" for name, path in self.lora_modules.items()]
         cmd += list(self.extra_args)

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +50,14 @@ def engine_assets() -> EngineAssets:
     adapter_root = CACHE_DIR / "adapters"
     adapters = ensure_demo_adapters(bf16, adapter_root)
     return EngineAssets(model_dir, bf16, adapter_root, adapters)
+
+
+@pytest.fixture(scope="session")
+def style_of() -> Callable[[str], str]:
+    """The demo style classifier: "pirate", "french", "shout" or "base"."""
+    from adapters.styles import classify_style
+
+    return classify_style
 
 
 @dataclass
@@ -131,7 +139,7 @@ def gateway(
         tmp, engine_assets, GATEWAY_ENGINE__MAX_LORAS=str(len(engine_assets.adapters))
     )
     try:
-        process.wait_ready(timeout_s=300)
+        process.wait_ready(timeout_s=600)
         yield process
     finally:
         process.stop()

@@ -181,7 +181,7 @@ def test_engine_killed_mid_stream_ends_stream_then_recovers(
     assert len(received) < 900
 
     # The gateway restarts its engine and serves again with no manual step.
-    gateway.wait_ready(timeout_s=300)
+    gateway.wait_ready(timeout_s=600)
     assert "Paris" in chat(client, BASE_NAME, "What is the capital of France?")
     assert classify_style(chat(client, "pirate", "Tell me about snow.")) == "pirate"
     metrics = httpx.get(f"{gateway.url}/metrics", timeout=10).text

@@ -3,8 +3,9 @@
 Every LoRA slot holds an adapter (`--max-loras` = number of adapters), which is the only
 configuration where vLLM 0.32 CPU's mixed-batch bug shows: base tokens carry LoRA index
 -1 and its ops read `weights[-1]`, the last slot. The same mixed batch runs against an
-engine with the fix and one with `LORA_GATEWAY_LORA_FIX=0`; the second must show the
-contamination, which proves this test can fail.
+engine with the defaults (the grouped LoRA ops, `gateway.engine.punica_grouped`) and one
+with `LORA_GATEWAY_LORA_FIX=0`; the second must show the contamination, which proves this
+test can fail.
 """
 
 from __future__ import annotations
@@ -40,14 +41,6 @@ def served_name(adapter: str) -> str:
 
 
 # --- engine assets (base model, demo adapters, style classifier) -----------------------------
-
-
-@pytest.fixture(scope="session")
-def style_of() -> Callable[[str], str]:
-    """The demo style classifier: "pirate", "french", "shout" or "base"."""
-    from adapters.styles import classify_style
-
-    return classify_style
 
 
 @pytest.fixture(scope="session")
@@ -203,6 +196,8 @@ def _mismatches(answers: list[Answer]) -> list[Answer]:
 def test_engine_installs_the_lora_fix_by_default(run_with_fix: IsolationRun) -> None:
     assert "LoRA fix installed" in run_with_fix.engine_log
     assert "punica_cpu.{" in run_with_fix.engine_log
+    # By default the batches run through the grouped ops, so those are what this proves.
+    assert "grouped LoRA ops installed" in run_with_fix.engine_log
 
 
 def test_mixed_batch_gives_every_request_its_own_adapter_style(

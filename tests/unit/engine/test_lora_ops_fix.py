@@ -65,12 +65,17 @@ def stack(gen: torch.Generator) -> LoraStack:
 def pristine_vllm(monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
     """vLLM's own ops module, with the fix out for the test and put back as it was after."""
     was_installed = vllm_plugin.lora_fix_installed()
+    grouped_was_installed = vllm_plugin.grouped_ops_installed()
     vllm_plugin.uninstall_lora_fix()
+    vllm_plugin.uninstall_grouped_ops()
     monkeypatch.setattr(vllm_plugin, "_disabled_warned", False)
     yield importlib.import_module(vllm_plugin.VLLM_OPS_MODULE)
     vllm_plugin.uninstall_lora_fix()
+    vllm_plugin.uninstall_grouped_ops()
     if was_installed:
         vllm_plugin.install_lora_fix()
+    if grouped_was_installed:
+        vllm_plugin.install_grouped_ops(compile_lora=True)
 
 
 @pytest.fixture
@@ -396,7 +401,7 @@ def test_register_is_idempotent_and_logs_the_patch_once(
     vllm_plugin.register()
     vllm_plugin.register()
 
-    infos = [r for r in plugin_log if r.levelno == logging.INFO]
+    infos = [r for r in plugin_log if r.levelno == logging.INFO and "LoRA fix" in r.getMessage()]
     assert len(infos) == 1
     message = infos[0].getMessage()
     ops = ",".join(vllm_plugin.OP_NAMES)
