@@ -5,12 +5,13 @@ and B as `(slots, 1, out, rank)`, one pair per output slice (q/k/v or gate/up of
 layer), and marks each token with its slot (-1: the base model). Its CPU ops gather a whole
 weight matrix per token. Here the weights of all slots and slices are packed once into
 
-- `lora_a`: `(columns, in)`, the A rows of every (slot, slice, rank) with non-zero weights;
+- `lora_a_t`: `(in, columns)`, the A rows of every (slot, slice, rank) with non-zero weights,
+  stored transposed (a product with a contiguous right-hand side is ~35% faster here);
 - `lora_b`: `(columns, out)`, block-shaped: the rows of one (slot, slice) reach only that
   slice's output columns, with the scaling folded in;
 - `column_slots`: the slot each column belongs to.
 
-Then `delta = mask(x @ lora_a.T) @ lora_b`, where the mask keeps each token's own slot's
+Then `delta = mask(x @ lora_a_t) @ lora_b`, where the mask keeps each token's own slot's
 columns. Only tokens with an adapter take part (`TokenGroups.rows`); a layer none of whose
 present adapters has weights for it does no work; rank padding (`--max-lora-rank` above the
 adapters' rank) is cut off. The packing is cached until vLLM writes new weights into the
@@ -70,9 +71,9 @@ class TokenGroups:
 
 @dataclass(frozen=True)
 class ShrinkPack:
-    """The A weights of every packed slot and slice: `(slices * slots * rank, in)`, slice-major."""
+    """The A weights of every packed slot and slice, `(in, slices * slots * rank)`, slice-major."""
 
-    lora_a: torch.Tensor
+    lora_a_t: torch.Tensor
     column_slots: torch.Tensor  # the slot of each shrunk column
     slots: frozenset[int]
     rank: int
@@ -88,7 +89,7 @@ class ShrinkPack:
         """`x @ A.T` for the rows taking part, with other slots' columns zeroed."""
         if groups.rows is not None:
             x = x.index_select(0, groups.rows)
-        hidden = x.to(self.lora_a.dtype) @ self.lora_a.T
+        hidden = x.to(self.lora_a_t.dtype) @ self.lora_a_t
         foreign = groups.foreign_columns(self.column_slots, self.layout)
         # masked_fill, not a product with the mask: inf * 0 would leak NaN into other rows.
         return hidden.masked_fill_(foreign, 0.0)
@@ -203,6 +204,30 @@ class PackedLora:
         """The adapter output of the rows taking part, `(rows, out)` in the compute dtype."""
         return self.expand.expand(self.shrink.shrink(x, groups), groups.slots_of_rows)
 
+    def add_into(
+        self,
+        y: torch.Tensor,
+        x: torch.Tensor,
+        groups: TokenGroups,
+        offset: int,
+        add_inputs: bool = True,
+    ) -> None:
+        """`y[:, offset:] += x @ A.T @ B.T` per row taking part (see `add_rows`)."""
+        hidden = self.shrink.shrink(x, groups)
+        if groups.rows is not None or not add_inputs or not self.expand.finite:
+            delta = self.expand.expand(hidden, groups.slots_of_rows)
+            add_rows(y, delta, groups, offset, add_inputs)
+            return
+        # Every row takes part: add each slice's product straight into its output columns.
+        columns = self.expand.blocks[0].lora_b.shape[0]
+        for block in self.expand.blocks:
+            start = offset + block.offset
+            width = min(block.width, y.shape[1] - start)
+            if width <= 0:
+                continue
+            part = hidden[:, block.first_column : block.first_column + columns] @ block.lora_b
+            y[:, start : start + width].add_(part[:, :width])
+
 
 def _flat(stacked: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     """`(slots, 1, rows, columns)` (or without the 1) as `(slots, rows, columns)`."""
@@ -234,7 +259,7 @@ def _pack_shrink(
     rows = [a[s, :rank] for a in a_flat for s in slots]
     column_slots = torch.tensor(list(slots), dtype=torch.long, device=a_flat[0].device)
     return ShrinkPack(
-        lora_a=torch.cat(rows).to(dtype).contiguous(),
+        lora_a_t=torch.cat(rows).to(dtype).T.contiguous(),
         column_slots=column_slots.repeat_interleave(rank).repeat(len(a_flat)),
         slots=frozenset(slots),
         rank=rank,

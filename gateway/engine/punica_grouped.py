@@ -93,7 +93,7 @@ def lora_linear(
         if not add_inputs:
             y[:, offset : offset + sum(b.shape[-2] for b in lora_b)].zero_()
         return
-    add_rows(y, packed.delta_rows(x, groups), groups, offset, add_inputs)
+    packed.add_into(y, x, groups, offset, add_inputs)
 
 
 def lora_shrink(

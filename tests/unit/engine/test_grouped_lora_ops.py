@@ -330,7 +330,7 @@ def test_slot_without_weights_for_a_layer_is_not_packed_and_gets_no_delta(
 
     assert pack is not None
     assert pack.shrink.slots == pack.expand.slots == frozenset({0, 2, 3})
-    assert pack.shrink.lora_a.shape == (2 * 3 * RANK, HIDDEN)
+    assert pack.shrink.lora_a_t.shape == (HIDDEN, 2 * 3 * RANK)
     _assert_delta(y, y0, _reference(x, stack, MIXED), MIXED, torch.float32, frozenset({1}))
 
 
@@ -350,7 +350,7 @@ def test_rank_padding_is_cut_to_the_largest_adapter_rank(gen: torch.Generator) -
 
     assert pack is not None and shrink is not None and expand is not None
     assert pack.shrink.rank == pack.expand.rank == shrink.rank == expand.rank == RANK
-    assert pack.shrink.lora_a.shape == (3 * SLOTS * RANK, HIDDEN)
+    assert pack.shrink.lora_a_t.shape == (HIDDEN, 3 * SLOTS * RANK)
     assert mixed_pack is not None and mixed_pack.shrink.rank == 8
     assert mixed_pack.shrink.slots == frozenset({0, 1, 2})
     ref = _reference(x, mixed_ranks, MIXED)
