@@ -15,6 +15,7 @@ into a slot or starts a new step.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -38,8 +39,10 @@ QUALNAME = f"{__name__}.GroupedPunicaWrapperCPU"
 # native bf16 matrix units fp32 products are several times faster than bf16 ones.
 COMPUTE_DTYPE = torch.float32
 
-_packs: dict[tuple[str, int], tuple[object, object]] = {}
-_groups: dict[tuple[int, int], tuple[tuple[int, int], TokenGroups]] = {}
+# Entries keep a weak reference to the tensor they were built from: an address alone could
+# be reused by a new tensor whose version counter happens to match.
+_packs: dict[tuple[str, int], tuple[object, weakref.ref[torch.Tensor], object]] = {}
+_groups: dict[tuple[int, int], tuple[tuple[int, int], weakref.ref[torch.Tensor], TokenGroups]] = {}
 
 
 def _cached_pack(kind: str, tensors: Sequence[torch.Tensor], build: Any) -> Any:
@@ -47,10 +50,10 @@ def _cached_pack(kind: str, tensors: Sequence[torch.Tensor], build: Any) -> Any:
     key = version_key(tensors)
     slot = (kind, tensors[0].data_ptr())
     hit = _packs.get(slot)
-    if hit is not None and hit[0] == key:
-        return hit[1]
+    if hit is not None and hit[0] == key and hit[1]() is tensors[0]:
+        return hit[2]
     packed = build()
-    _packs[slot] = (key, packed)
+    _packs[slot] = (key, weakref.ref(tensors[0]), packed)
     return packed
 
 
@@ -59,10 +62,10 @@ def token_groups(indices: torch.Tensor, num_rows: int, num_slots: int) -> TokenG
     slot = (indices.data_ptr(), num_rows)
     key = (indices._version, num_slots)
     hit = _groups.get(slot)
-    if hit is not None and hit[0] == key:
-        return hit[1]
+    if hit is not None and hit[0] == key and hit[1]() is indices:
+        return hit[2]
     groups = TokenGroups.from_indices(indices[:num_rows], num_slots)
-    _groups[slot] = (key, groups)
+    _groups[slot] = (key, weakref.ref(indices), groups)
     return groups
 
 

@@ -293,7 +293,7 @@ def test_logits_without_lm_head_adapters_skip_the_op_and_leave_logits_bitwise_un
 
     assert torch.equal(y, y0)
     assert lg.pack_lora([lora_a], [lora_b], 1.0, torch.float32) is None
-    assert [packed for _, packed in punica_grouped._packs.values()] == [None]
+    assert [entry[-1] for entry in punica_grouped._packs.values()] == [None]
 
 
 @pytest.mark.parametrize("dtype", list(DTYPES.values()), ids=list(DTYPES))
@@ -557,3 +557,18 @@ def test_compiled_lora_linear_follows_new_indices_without_recompiling(gen: torch
     assert counter.frame_count == 1
     assert "lora_gateway.lora_linear" in counter.graphs[0].code
     torch._dynamo.reset()
+
+
+def test_a_new_tensor_at_a_cached_address_is_packed_anew() -> None:
+    """Same address and version counter (a view here; a reused allocation in general)."""
+    first = torch.ones(2, 2)
+    same_place = first.view(2, 2)
+    assert same_place.data_ptr() == first.data_ptr()
+    assert lg.version_key([same_place]) == lg.version_key([first])
+    builds: list[str] = []
+
+    punica_grouped._cached_pack("t", [first], lambda: builds.append("first") or "first")
+    got = punica_grouped._cached_pack("t", [same_place], lambda: builds.append("view") or "view")
+
+    assert got == "view"
+    assert builds == ["first", "view"]
