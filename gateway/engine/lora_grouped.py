@@ -7,15 +7,16 @@ weight matrix per token. Here the weights of all slots and slices are packed onc
 
 - `lora_a_t`: `(in, columns)`, the A rows of every (slot, slice, rank) with non-zero weights,
   stored transposed (a product with a contiguous right-hand side is ~35% faster here);
-- `lora_b`: `(columns, out)`, block-shaped: the rows of one (slot, slice) reach only that
-  slice's output columns, with the scaling folded in;
-- `column_slots`: the slot each column belongs to.
+- one B block per output slice, `(slots * rank, width)`, the scaling folded in;
+- `column_slots`: the slot each shrunk column belongs to.
 
-Then `delta = mask(x @ lora_a_t) @ lora_b`, where the mask keeps each token's own slot's
-columns. Only tokens with an adapter take part (`TokenGroups.rows`); a layer none of whose
-present adapters has weights for it does no work; rank padding (`--max-lora-rank` above the
-adapters' rank) is cut off. The packing is cached until vLLM writes new weights into the
-stacked tensors (every in-place write bumps a tensor's version counter).
+Then `hidden = mask(x @ lora_a_t)`, where the mask keeps each token's own slot's columns,
+and each slice's output gets `hidden[:, slice's columns] @ block`: one product for A and
+one per slice for B, whatever the number of adapters in the batch. Only tokens with an
+adapter take part (`TokenGroups.rows`); a layer none of whose present adapters has weights
+for it does no work; rank padding (`--max-lora-rank` above the adapters' rank) is cut off.
+The packing is cached until vLLM writes new weights into the stacked tensors (every
+in-place write bumps a tensor's version counter).
 
 This module knows nothing about vLLM: `gateway.engine.punica_grouped` wires it in.
 """

@@ -78,24 +78,6 @@ def pristine_vllm(monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
         vllm_plugin.install_grouped_ops(compile_lora=True)
 
 
-@pytest.fixture
-def plugin_log() -> Iterator[list[logging.LogRecord]]:
-    """Records of the plugin's logger (a vLLM child logger that does not reach the root)."""
-    records: list[logging.LogRecord] = []
-
-    class _Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            records.append(record)
-
-    handler = _Keep(level=logging.DEBUG)
-    old_level = vllm_plugin.log.level
-    vllm_plugin.log.addHandler(handler)
-    vllm_plugin.log.setLevel(logging.DEBUG)
-    yield records
-    vllm_plugin.log.removeHandler(handler)
-    vllm_plugin.log.setLevel(old_level)
-
-
 def _slots(values: tuple[int, ...]) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.long)
 

@@ -35,23 +35,6 @@ def pristine_platform(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         vllm_plugin.uninstall_lora_fix()
 
 
-@pytest.fixture
-def plugin_log() -> Iterator[list[logging.LogRecord]]:
-    records: list[logging.LogRecord] = []
-
-    class _Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            records.append(record)
-
-    handler = _Keep(level=logging.DEBUG)
-    old_level = vllm_plugin.log.level
-    vllm_plugin.log.addHandler(handler)
-    vllm_plugin.log.setLevel(logging.DEBUG)
-    yield records
-    vllm_plugin.log.removeHandler(handler)
-    vllm_plugin.log.setLevel(old_level)
-
-
 def _config(*, lora: bool, mode: CompilationMode) -> Any:
     return SimpleNamespace(
         lora_config=object() if lora else None,
