@@ -27,6 +27,17 @@ def test_upstream_urls_mean_unmanaged(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.upstreams == ["http://10.0.0.5:8000"]
 
 
+def test_lora_ops_default_to_grouped_and_compiled(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = Settings()
+    assert settings.engine.lora_ops == "grouped"
+    assert settings.engine.lora_compile is True
+    monkeypatch.setenv("GATEWAY_ENGINE__LORA_OPS", "vllm")
+    monkeypatch.setenv("GATEWAY_ENGINE__LORA_COMPILE", "false")
+    settings = Settings()
+    assert settings.engine.lora_ops == "vllm"
+    assert settings.engine.lora_compile is False
+
+
 @pytest.mark.parametrize(
     ("name", "value"),
     [
@@ -34,9 +45,29 @@ def test_upstream_urls_mean_unmanaged(monkeypatch: pytest.MonkeyPatch) -> None:
         ("GATEWAY_PORT", "70000"),
         ("GATEWAY_ENGINE__CHECKPOINT", "fp4"),
         ("GATEWAY_ENGINE__MAX_LORAS", "0"),
+        ("GATEWAY_ENGINE__LORA_OPS", "triton"),
     ],
 )
 def test_bad_settings_are_refused(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
     monkeypatch.setenv(name, value)
     with pytest.raises(ValidationError):
         Settings()
+
+
+def test_managed_engine_gets_the_lora_ops_settings(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from gateway.app import _engine_supervisor
+    from gateway.metrics import Metrics
+
+    monkeypatch.setenv("GATEWAY_ENGINE__LORA_OPS", "vllm")
+    monkeypatch.setenv("GATEWAY_ENGINE__LORA_COMPILE", "0")
+    monkeypatch.setenv("GATEWAY_STATE_DIR", str(tmp_path))
+    supervisor = _engine_supervisor(Settings(), Metrics(CollectorRegistry()))
+
+    assert supervisor is not None
+    env = supervisor.engine.spec.environment()
+    assert env["LORA_GATEWAY_LORA_OPS"] == "vllm"
+    assert env["LORA_GATEWAY_LORA_COMPILE"] == "0"

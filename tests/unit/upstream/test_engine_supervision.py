@@ -11,7 +11,12 @@ import pytest
 
 from gateway.metrics import Metrics
 from gateway.testing.server import free_port
-from gateway.upstream.launcher import EngineProcess, EngineSpec, EngineStartError
+from gateway.upstream.launcher import (
+    EngineProcess,
+    EngineSpec,
+    EngineStartError,
+    engine_plugin_env,
+)
 from gateway.upstream.supervisor import (
     EngineSupervisor,
     kill_stale_engine,
@@ -57,6 +62,23 @@ def test_command_carries_lora_flags_and_adapters(tmp_path: Path) -> None:
     env = s.environment()
     assert env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
     assert env["HF_HUB_OFFLINE"] == "1"
+
+
+def test_command_without_lora_drops_every_lora_flag(tmp_path: Path) -> None:
+    s = spec(tmp_path, enable_lora=False, lora_modules={"pirate--v1": tmp_path / "p"})
+    cmd = s.command()
+    assert not [arg for arg in cmd if arg.startswith("--") and "lora" in arg]
+    assert not [arg for arg in cmd if arg.startswith("pirate--v1=")]
+
+
+def test_plugin_env_selects_the_lora_ops_and_compilation(tmp_path: Path) -> None:
+    env = spec(tmp_path, extra_env=engine_plugin_env("vllm", compile_lora=False)).environment()
+    assert env["LORA_GATEWAY_LORA_OPS"] == "vllm"
+    assert env["LORA_GATEWAY_LORA_COMPILE"] == "0"
+    assert engine_plugin_env("grouped", compile_lora=True) == {
+        "LORA_GATEWAY_LORA_OPS": "grouped",
+        "LORA_GATEWAY_LORA_COMPILE": "1",
+    }
 
 
 def test_engine_starts_healthy_and_stops_its_whole_group(tmp_path: Path) -> None:
