@@ -42,7 +42,9 @@ COMPUTE_DTYPE = torch.float32
 # Entries keep a weak reference to the tensor they were built from: an address alone could
 # be reused by a new tensor whose version counter happens to match.
 _packs: dict[tuple[str, int], tuple[object, weakref.ref[torch.Tensor], object]] = {}
-_groups: dict[tuple[int, int], tuple[tuple[int, int], weakref.ref[torch.Tensor], TokenGroups]] = {}
+# One entry per index buffer: only the current step's groups are kept (a step's batch size
+# is part of the key, so keeping one entry per size would pile up masks for every size seen).
+_groups: dict[int, tuple[tuple[int, int, int], weakref.ref[torch.Tensor], TokenGroups]] = {}
 
 
 def _cached_pack(kind: str, tensors: Sequence[torch.Tensor], build: Any) -> Any:
@@ -59,8 +61,8 @@ def _cached_pack(kind: str, tensors: Sequence[torch.Tensor], build: Any) -> Any:
 
 def token_groups(indices: torch.Tensor, num_rows: int, num_slots: int) -> TokenGroups:
     """The groups of the first `num_rows` indices of a wrapper buffer, cached per step."""
-    slot = (indices.data_ptr(), num_rows)
-    key = (indices._version, num_slots)
+    slot = indices.data_ptr()
+    key = (indices._version, num_slots, num_rows)
     hit = _groups.get(slot)
     if hit is not None and hit[0] == key and hit[1]() is indices:
         return hit[2]

@@ -572,3 +572,12 @@ def test_a_new_tensor_at_a_cached_address_is_packed_anew() -> None:
 
     assert got == "view"
     assert builds == ["first", "view"]
+
+
+def test_only_the_current_steps_groups_are_kept_per_index_buffer() -> None:
+    indices = torch.tensor([0, 1, -1, 2, 3, 0, 1, 2])
+    for rows in range(1, indices.shape[0] + 1):
+        groups = punica_grouped.token_groups(indices, rows, SLOTS)
+        assert groups.slots == frozenset(s for s in indices[:rows].tolist() if s >= 0)
+
+    assert len(punica_grouped._groups) == 1
