@@ -11,8 +11,9 @@ slot is occupied. Here a negative index means "no adapter":
 - expand with `add_inputs` leaves that row's values as they are (it adds exact zeros);
 - expand without `add_inputs` writes zeros into that row.
 
-Speed is deliberately unchanged (one gathered weight matrix per token); a grouped
-implementation can replace these functions one for one.
+Speed is deliberately unchanged (one gathered weight matrix per token): these are what
+`LORA_GATEWAY_LORA_OPS=vllm` runs. By default the engine does not call them at all: the
+grouped wrapper (`gateway.engine.punica_grouped`) replaces the punica methods above them.
 """
 
 from __future__ import annotations
