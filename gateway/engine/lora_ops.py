@@ -12,7 +12,7 @@ slot is occupied. Here a negative index means "no adapter":
 - expand without `add_inputs` writes zeros into that row.
 
 Speed is deliberately unchanged (one gathered weight matrix per token): these are what
-`LORA_GATEWAY_LORA_OPS=vllm` runs. By default the engine does not call them at all: the
+`LORA_GATEWAY_LORA_OPS=vllm` runs. By default a generative model never calls them: the
 grouped wrapper (`gateway.engine.punica_grouped`) replaces the punica methods above them.
 """
 
