@@ -5,6 +5,8 @@ GatewayError                      500 internal_error
 │   └── BodyTooLarge              413 invalid_request_error
 ├── ModelNotFound                 404 invalid_request_error / model_not_found
 ├── RouteNotFound                 404 invalid_request_error / not_found
+├── AdapterNotFound               404 invalid_request_error / adapter_not_found (registry)
+├── Conflict                      409 invalid_request_error / conflict (registry state)
 └── UpstreamError                 502 upstream_error
     ├── UpstreamUnavailable       503 upstream_unavailable (no ready engine, connect failed)
     └── UpstreamTimeout           504 upstream_timeout
@@ -62,6 +64,22 @@ class RouteNotFound(GatewayError):
     status_code = 404
     error_type = "invalid_request_error"
     code = "not_found"
+
+
+class AdapterNotFound(GatewayError):
+    """No such adapter (or version) in the registry."""
+
+    status_code = 404
+    error_type = "invalid_request_error"
+    code = "adapter_not_found"
+
+
+class Conflict(GatewayError):
+    """The registry's state does not allow the change (e.g. leaving `retired`)."""
+
+    status_code = 409
+    error_type = "invalid_request_error"
+    code = "conflict"
 
 
 class UpstreamError(GatewayError):

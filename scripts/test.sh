@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 # Models come from local packages and files only: never ask a model hub.
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 scripts/setup.sh
+scripts/ensure_postgres.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy

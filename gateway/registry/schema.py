@@ -1,0 +1,87 @@
+"""Tables of the adapter registry (SQLAlchemy 2 declarative; migrations in `migrations/`).
+
+An adapter is a name clients put in `model`; it has numbered versions. A version points at
+its files (a directory under an adapter root), records what they are (sha256, base model,
+rank, target modules, the pipeline's manifest) and where it is in its life (`VersionState`).
+Every change is an `AuditEvent`.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import JSON, DateTime, Enum, ForeignKey, String, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class VersionState(enum.StrEnum):
+    """Where an adapter version is in its life."""
+
+    REGISTERED = "registered"
+    LOADING = "loading"
+    READY = "ready"
+    FAILED = "failed"
+    RETIRED = "retired"
+
+
+class Base(DeclarativeBase):
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        datetime: DateTime(timezone=True),
+        dict[str, Any]: JSON,
+    }
+
+
+class Adapter(Base):
+    __tablename__ = "adapters"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    versions: Mapped[list[AdapterVersionRow]] = relationship(
+        back_populates="adapter", order_by="AdapterVersionRow.version"
+    )
+
+
+class AdapterVersionRow(Base):
+    __tablename__ = "adapter_versions"
+    __table_args__ = (
+        UniqueConstraint("adapter_id", "version", name="uq_adapter_version"),
+        # The same files under the same name are the same version (idempotent registration).
+        UniqueConstraint("adapter_id", "sha256", name="uq_adapter_content"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    adapter_id: Mapped[int] = mapped_column(ForeignKey("adapters.id", ondelete="CASCADE"))
+    version: Mapped[int]
+    path: Mapped[str] = mapped_column(String(1024))
+    sha256: Mapped[str] = mapped_column(String(64))
+    base_model: Mapped[str] = mapped_column(String(256))
+    rank: Mapped[int]
+    target_modules: Mapped[list[str]] = mapped_column(JSON)
+    manifest: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    state: Mapped[VersionState] = mapped_column(
+        Enum(VersionState, name="version_state", values_callable=lambda e: [m.value for m in e]),
+        default=VersionState.REGISTERED,
+    )
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    adapter: Mapped[Adapter] = relationship(back_populates="versions")
+
+
+class AuditEvent(Base):
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(128))
+    action: Mapped[str] = mapped_column(String(64))
+    adapter: Mapped[str] = mapped_column(String(128), index=True)
+    version: Mapped[int | None]
+    reason: Mapped[str] = mapped_column(String(1024), default="")
+    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)

@@ -1,0 +1,186 @@
+"""The registry's operations, each one transaction: a crash leaves a change whole or absent.
+
+Registration is idempotent per content: the same files (sha256) under the same name give the
+version registered first; other files under that name give the next version number. Every
+change writes its audit event in the same transaction as the change itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, selectinload, sessionmaker
+
+from gateway.errors import AdapterNotFound, Conflict
+from gateway.registry.schema import Adapter, AdapterVersionRow, AuditEvent, VersionState
+
+# Which state changes are allowed; `retired` is final.
+TRANSITIONS: dict[VersionState, frozenset[VersionState]] = {
+    VersionState.REGISTERED: frozenset(
+        {VersionState.LOADING, VersionState.FAILED, VersionState.RETIRED}
+    ),
+    VersionState.LOADING: frozenset({VersionState.READY, VersionState.FAILED}),
+    VersionState.READY: frozenset(
+        {VersionState.LOADING, VersionState.FAILED, VersionState.RETIRED}
+    ),
+    VersionState.FAILED: frozenset({VersionState.LOADING, VersionState.RETIRED}),
+    VersionState.RETIRED: frozenset(),
+}
+# Concurrent registrations of one name can collide on the version number; the loser retries.
+REGISTER_ATTEMPTS = 3
+
+
+@dataclass(frozen=True)
+class VersionSpec:
+    """What a new version is: validated files and what they say about themselves."""
+
+    path: str
+    sha256: str
+    base_model: str
+    rank: int
+    target_modules: list[str]
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Registration:
+    """The version a registration resolved to, and whether this call created it."""
+
+    version: AdapterVersionRow
+    created: bool
+
+
+class Registry:
+    """Adapters, versions and the audit trail in one SQL database."""
+
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self._sessions = sessions
+
+    def register(
+        self, name: str, spec: VersionSpec, *, actor: str, reason: str = ""
+    ) -> Registration:
+        """Register `spec` under `name` (or find the version with the same content)."""
+        for attempt in range(REGISTER_ATTEMPTS):
+            try:
+                return self._register_once(name, spec, actor, reason)
+            except IntegrityError:
+                if attempt == REGISTER_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _register_once(self, name: str, spec: VersionSpec, actor: str, reason: str) -> Registration:
+        with self._sessions.begin() as session:
+            adapter = session.scalar(select(Adapter).where(Adapter.name == name))
+            if adapter is None:
+                adapter = Adapter(name=name)
+                session.add(adapter)
+                session.flush()
+            same = session.scalar(
+                select(AdapterVersionRow).where(
+                    AdapterVersionRow.adapter_id == adapter.id,
+                    AdapterVersionRow.sha256 == spec.sha256,
+                )
+            )
+            if same is not None:
+                return Registration(same, created=False)
+            newest = session.scalar(
+                select(func.max(AdapterVersionRow.version)).where(
+                    AdapterVersionRow.adapter_id == adapter.id
+                )
+            )
+            row = AdapterVersionRow(
+                adapter_id=adapter.id,
+                version=(newest or 0) + 1,
+                path=spec.path,
+                sha256=spec.sha256,
+                base_model=spec.base_model,
+                rank=spec.rank,
+                target_modules=list(spec.target_modules),
+                manifest=dict(spec.manifest),
+                state=VersionState.REGISTERED,
+            )
+            session.add(row)
+            session.add(
+                AuditEvent(
+                    actor=actor,
+                    action="register",
+                    adapter=name,
+                    version=row.version,
+                    reason=reason,
+                    detail={"sha256": spec.sha256, "path": spec.path},
+                )
+            )
+            session.flush()
+            return Registration(row, created=True)
+
+    def set_state(
+        self, name: str, version: int, state: VersionState, *, actor: str, reason: str = ""
+    ) -> AdapterVersionRow:
+        """Move a version to `state`, refusing changes `TRANSITIONS` does not allow."""
+        with self._sessions.begin() as session:
+            row = self._version_row(session, name, version)
+            if state == row.state:
+                return row
+            if state not in TRANSITIONS[row.state]:
+                raise Conflict(
+                    f"{name}@{version} is {row.state.value}; it cannot become {state.value}",
+                    param="state",
+                )
+            previous = row.state
+            row.state = state
+            session.add(
+                AuditEvent(
+                    actor=actor,
+                    action=f"state:{state.value}",
+                    adapter=name,
+                    version=version,
+                    reason=reason,
+                    detail={"from": previous.value},
+                )
+            )
+            return row
+
+    def version(self, name: str, version: int | None = None) -> AdapterVersionRow:
+        """One version; without a number, the newest one that is not retired."""
+        with self._sessions() as session:
+            if version is not None:
+                return self._version_row(session, name, version)
+            row = session.scalar(
+                select(AdapterVersionRow)
+                .join(Adapter)
+                .where(Adapter.name == name, AdapterVersionRow.state != VersionState.RETIRED)
+                .order_by(AdapterVersionRow.version.desc())
+                .limit(1)
+            )
+            if row is None:
+                raise AdapterNotFound(f"adapter {name!r} has no servable version", param="name")
+            return row
+
+    def adapters(self) -> Sequence[Adapter]:
+        """Every adapter with its versions, by name."""
+        with self._sessions() as session:
+            query = select(Adapter).options(selectinload(Adapter.versions)).order_by(Adapter.name)
+            return session.scalars(query).all()
+
+    def audit(self, name: str | None = None) -> Sequence[AuditEvent]:
+        """The audit trail, oldest first (of one adapter, or of all)."""
+        with self._sessions() as session:
+            query = select(AuditEvent).order_by(AuditEvent.id)
+            if name is not None:
+                query = query.where(AuditEvent.adapter == name)
+            return session.scalars(query).all()
+
+    @staticmethod
+    def _version_row(session: Session, name: str, version: int) -> AdapterVersionRow:
+        row = session.scalar(
+            select(AdapterVersionRow)
+            .join(Adapter)
+            .where(Adapter.name == name, AdapterVersionRow.version == version)
+        )
+        if row is None:
+            raise AdapterNotFound(f"adapter {name}@{version} is not registered", param="version")
+        return row
