@@ -1,0 +1,115 @@
+"""Which adapter versions one replica holds, and loading one on demand.
+
+A replica keeps at most `capacity` versions resident. A request for a version that is not
+resident loads it; when the replica is full, the least recently used version that is
+neither pinned (an active rollout needs it) nor serving a request is unloaded first.
+Concurrent requests for the same missing version wait for one load, not one each. Loads and
+unloads go through injected coroutines, so this knows nothing about HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from gateway.errors import UpstreamUnavailable
+
+Load = Callable[[str], Awaitable[None]]
+Unload = Callable[[str], Awaitable[None]]
+
+
+class NoRoom(UpstreamUnavailable):
+    """Every resident version is pinned or busy: nothing can make room for another."""
+
+
+class Residency:
+    """The resident set of one replica: bounded, least recently used out first."""
+
+    def __init__(
+        self,
+        capacity: int,
+        load: Load,
+        unload: Unload,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be at least 1")
+        self.capacity = capacity
+        self._load = load
+        self._unload = unload
+        self._clock = clock
+        # name -> last use, least recent first.
+        self._resident: OrderedDict[str, float] = OrderedDict()
+        self._pinned: set[str] = set()
+        self._busy: dict[str, int] = {}
+        # One load or eviction at a time per replica (vLLM loads one at a time anyway).
+        self._lock = asyncio.Lock()
+        self.loads = 0
+        self.evictions = 0
+
+    @property
+    def resident(self) -> list[str]:
+        """Resident versions, least recently used first."""
+        return list(self._resident)
+
+    def pin(self, name: str) -> None:
+        """Never evict `name` (it may still be loaded on demand)."""
+        self._pinned.add(name)
+
+    def unpin(self, name: str) -> None:
+        self._pinned.discard(name)
+
+    def forget(self) -> None:
+        """The replica restarted: nothing is resident any more."""
+        self._resident.clear()
+
+    def mark_resident(self, name: str) -> None:
+        """Record a version the replica already holds (found by a reconcile)."""
+        self._resident[name] = self._clock()
+        self._resident.move_to_end(name)
+
+    async def ensure(self, name: str) -> bool:
+        """Make `name` resident; True if this call loaded it."""
+        if self._touch(name):
+            return False
+        async with self._lock:
+            if self._touch(name):
+                return False
+            while len(self._resident) >= self.capacity:
+                await self._evict_one()
+            await self._load(name)
+            self.loads += 1
+            self.mark_resident(name)
+            return True
+
+    @asynccontextmanager
+    async def using(self, name: str) -> AsyncIterator[None]:
+        """Load `name` if needed and keep it from eviction while the block runs."""
+        self._busy[name] = self._busy.get(name, 0) + 1
+        try:
+            await self.ensure(name)
+            yield
+        finally:
+            self._busy[name] -= 1
+            if not self._busy[name]:
+                del self._busy[name]
+
+    def _touch(self, name: str) -> bool:
+        if name not in self._resident:
+            return False
+        self.mark_resident(name)
+        return True
+
+    async def _evict_one(self) -> None:
+        for victim in self._resident:
+            if victim not in self._pinned and not self._busy.get(victim):
+                await self._unload(victim)
+                del self._resident[victim]
+                self.evictions += 1
+                return
+        raise NoRoom(
+            f"all {self.capacity} adapter slots hold pinned or busy versions; retry shortly"
+        )
