@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -9,13 +10,18 @@ from collections.abc import AsyncIterator
 import httpx
 from fastapi import FastAPI
 
-from gateway.api import health, openai
+from gateway.api import admin, health, openai
+from gateway.api.auth import ApiKeyMiddleware, KeyRing, describe_open_mode
 from gateway.api.errors import install_error_handlers
 from gateway.api.middleware import RequestContextMiddleware
 from gateway.api.serving import OpenAIService
 from gateway.config import Settings
+from gateway.lifecycle import AdapterLifecycle, BaseModel
 from gateway.metrics import Metrics
-from gateway.routing.catalog import AdapterVersion, ModelCatalog, scan_adapter_root
+from gateway.registry.database import make_engine, session_factory, upgrade
+from gateway.registry.store import Registry
+from gateway.registry.validation import BaseModelInfo
+from gateway.routing.catalog import CatalogView, ModelCatalog
 from gateway.upstream.launcher import EngineProcess, EngineSpec, engine_plugin_env
 from gateway.upstream.pool import UpstreamPool
 from gateway.upstream.proxy import EngineProxy
@@ -27,19 +33,33 @@ log = logging.getLogger(__name__)
 def create_app(
     settings: Settings,
     *,
-    adapters: list[AdapterVersion] | None = None,
     metrics: Metrics | None = None,
+    base_info: BaseModelInfo | None = None,
 ) -> FastAPI:
-    """Build the gateway. Tests pass their own adapters and metrics registry."""
+    """Build the gateway. Tests pass their own metrics registry and base-model shapes."""
     metrics = metrics or Metrics()
-    if adapters is None:
-        adapters = scan_adapter_root(settings.resolved_adapter_root)
-    catalog = ModelCatalog(settings.base_model_name, adapters)
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    database = make_engine(settings.resolved_database_url)
+    catalogs = CatalogView(ModelCatalog(settings.base_model_name))
+    lifecycle = AdapterLifecycle(
+        Registry(session_factory(database)),
+        adapter_root=settings.resolved_adapter_root,
+        base=BaseModel(
+            settings.base_model_name, settings.base_model_id, base_info or _base_info(settings)
+        ),
+        max_rank=settings.engine.max_lora_rank,
+        metrics=metrics,
+        catalogs=catalogs,
+    )
     # Control-plane calls (health probes, adapter loads); requests go through `proxy`.
     client = httpx.AsyncClient(
         timeout=httpx.Timeout(30.0, connect=settings.upstream_connect_timeout_s)
     )
-    pool = UpstreamPool(settings.upstreams, client, metrics, adapters=catalog.adapter_versions)
+    pool = UpstreamPool(
+        settings.upstreams, client, metrics, capacity=settings.max_resident_adapters
+    )
+    lifecycle.attach(pool)
+    keyring = KeyRing.from_settings(settings)
     proxy = EngineProxy(
         pool,
         metrics,
@@ -50,6 +70,10 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        for line in describe_open_mode(keyring.admin_configured, keyring.tenants_configured):
+            log.warning("%s", line)
+        await asyncio.to_thread(upgrade, database)
+        await lifecycle.start(seed=settings.seed_adapters, poll_s=settings.registry_poll_s)
         if supervisor is not None:
             await supervisor.start()
         else:
@@ -60,11 +84,13 @@ def create_app(
         try:
             yield
         finally:
+            await lifecycle.stop()
             await pool.stop()
             await proxy.close()
             if supervisor is not None:
                 await supervisor.stop()
             await client.aclose()
+            database.dispose()
 
     app = FastAPI(
         title="LoRA gateway",
@@ -76,18 +102,31 @@ def create_app(
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.pool = pool
-    app.state.service = OpenAIService(catalog, proxy, metrics)
+    app.state.lifecycle = lifecycle
+    app.state.service = OpenAIService(catalogs, pool, proxy, metrics)
     app.state.supervisor = supervisor
     install_error_handlers(app)
     app.include_router(openai.router)
+    app.include_router(admin.router)
     app.include_router(health.router)
+    # Added first, so it runs inside the request-id middleware (refusals carry the id).
+    app.add_middleware(ApiKeyMiddleware, keyring=keyring, metrics=metrics)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
     return app
 
 
+def _base_info(settings: Settings) -> BaseModelInfo | None:
+    """The served model's shapes, read from its `config.json` (None if it is not here)."""
+    model_dir = settings.resolved_model_dir
+    if not (model_dir / "config.json").is_file():
+        log.warning("no config.json in %s: adapter registration is refused", model_dir)
+        return None
+    return BaseModelInfo.from_model_dir(settings.base_model_id, model_dir)
+
+
 def _engine_supervisor(settings: Settings, metrics: Metrics) -> EngineSupervisor | None:
     # No `--lora-modules`: adapters reach every replica, managed or not, the same way (the
-    # pool loads what the catalogue has when the replica comes up healthy).
+    # pool loads them on demand and restores each replica's set when it comes up healthy).
     if not settings.managed_engine:
         return None
     engine = settings.engine

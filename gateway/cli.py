@@ -9,10 +9,13 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from gateway.admin_cli import adapters_app, keys_app
 from gateway.config import Settings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console()
+app.add_typer(adapters_app, name="adapters")
+app.add_typer(keys_app, name="keys")
 
 
 def _settings(host: str | None, port: int | None) -> Settings:

@@ -6,6 +6,7 @@ Nested groups use a double underscore: `GATEWAY_ENGINE__MAX_LORAS=8`.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -58,6 +59,35 @@ class EngineSettings(BaseModel):
     extra_args: list[str] = Field(default_factory=list)
 
 
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _check_sha256(value: str) -> str:
+    value = value.strip().lower()
+    if not _SHA256_HEX.match(value):
+        raise ValueError("must be the 64 hex digits of a key's sha256 (`lora-gateway keys new`)")
+    return value
+
+
+class TenantKey(BaseModel):
+    """One tenant's API key for `/v1`, stored as its sha256, with optional limits."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Label in logs and metrics (bounded: one per configured key).
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
+    key_sha256: str
+    # Adapter names (routes) this key may call; None: every adapter. The base model is
+    # always allowed.
+    adapters: list[str] | None = None
+    # Requests per minute (a token bucket per gateway process); None: unlimited.
+    rate_per_minute: float | None = Field(default=None, gt=0)
+    # Requests that may arrive at once before the rate applies; None: one second's worth.
+    burst: int | None = Field(default=None, ge=1)
+
+    _hex = field_validator("key_sha256")(_check_sha256)
+
+
 class Settings(BaseSettings):
     """The one settings object of the gateway."""
 
@@ -74,6 +104,8 @@ class Settings(BaseSettings):
 
     # Name clients use for the base model (no adapter); also vLLM's served model name.
     base_model_name: str = "smollm2-135m-instruct"
+    # The base model's own id: adapters naming another base are refused at registration.
+    base_model_id: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
     # Prepared models, demo adapters and engine logs live here.
     cache_dir: Path = DEFAULT_CACHE_DIR
     # Adapters are found at `<adapter_root>/<name>/v<version>/adapter_config.json`.
@@ -83,6 +115,23 @@ class Settings(BaseSettings):
     # vLLM servers the gateway does not manage. Empty: start and manage one engine.
     upstream_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
     engine: EngineSettings = Field(default_factory=EngineSettings)
+
+    # The registry's database. None: SQLite at `<state_dir>/registry.db`. PostgreSQL:
+    # `postgresql://user@host:5432/db` (several gateway replicas share one).
+    database_url: str | None = None
+    # On the first start (empty registry), register every `<adapter_root>/<name>/v<N>`.
+    seed_adapters: bool = True
+    # How often the registry is re-read for changes made by other gateway replicas.
+    registry_poll_s: float = Field(default=5.0, gt=0)
+    # Adapter versions each engine replica keeps loaded; the least recently used unpinned
+    # one is unloaded to make room. vLLM keeps loaded adapters in CPU memory and swaps them
+    # into its `max_loras` batch slots as needed.
+    max_resident_adapters: int = Field(default=8, ge=1)
+
+    # sha256 of the admin key for `/admin` (`lora-gateway keys new` makes one).
+    admin_key_sha256: str | None = None
+    # Tenant keys for `/v1`. None of either: open to loopback clients only.
+    tenant_keys: list[TenantKey] = Field(default_factory=list)
 
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     upstream_connect_timeout_s: float = Field(default=2.0, gt=0)
@@ -109,6 +158,21 @@ class Settings(BaseSettings):
                 raise ValueError(f"upstream URL must start with http:// or https://: {url!r}")
         return cleaned
 
+    @field_validator("admin_key_sha256")
+    @classmethod
+    def _admin_hex(cls, value: str | None) -> str | None:
+        return None if value is None else _check_sha256(value)
+
+    @field_validator("tenant_keys")
+    @classmethod
+    def _unique_tenants(cls, keys: list[TenantKey]) -> list[TenantKey]:
+        names = [k.name for k in keys]
+        if len(set(names)) != len(names):
+            raise ValueError("tenant key names must be unique")
+        if len({k.key_sha256 for k in keys}) != len(keys):
+            raise ValueError("two tenant keys have the same sha256")
+        return keys
+
     @property
     def managed_engine(self) -> bool:
         """Whether the gateway starts vLLM itself."""
@@ -118,6 +182,11 @@ class Settings(BaseSettings):
     def resolved_adapter_root(self) -> Path:
         """Where adapter versions are stored."""
         return self.adapter_root or self.cache_dir / "adapters"
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The registry database URL (the SQLite default under `state_dir`)."""
+        return self.database_url or f"sqlite:///{self.state_dir.resolve() / 'registry.db'}"
 
     @property
     def resolved_model_dir(self) -> Path:

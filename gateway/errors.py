@@ -3,6 +3,9 @@
 GatewayError                      500 internal_error
 ├── InvalidRequest                400 invalid_request_error
 │   └── BodyTooLarge              413 invalid_request_error
+├── Unauthorized                  401 invalid_request_error / invalid_api_key
+├── PermissionDenied              403 permission_error
+├── RateLimited                   429 rate_limit_error (with Retry-After)
 ├── ModelNotFound                 404 invalid_request_error / model_not_found
 ├── RouteNotFound                 404 invalid_request_error / not_found
 ├── AdapterNotFound               404 invalid_request_error / adapter_not_found (registry)
@@ -48,6 +51,34 @@ class BodyTooLarge(InvalidRequest):
 
     status_code = 413
     code = "body_too_large"
+
+
+class Unauthorized(GatewayError):
+    """No API key, or one the gateway does not know."""
+
+    status_code = 401
+    error_type = "invalid_request_error"
+    code = "invalid_api_key"
+
+
+class PermissionDenied(GatewayError):
+    """The key is valid but may not do this (a tenant key on `/admin`, a disallowed adapter)."""
+
+    status_code = 403
+    error_type = "permission_error"
+    code = "permission_denied"
+
+
+class RateLimited(GatewayError):
+    """The key's request rate is used up; `retry_after_s` says when to come back."""
+
+    status_code = 429
+    error_type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class ModelNotFound(GatewayError):

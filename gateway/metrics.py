@@ -69,7 +69,51 @@ class Metrics:
         )
         self.adapter_loads = Counter(
             "gateway_adapter_loads_total",
-            "Adapter loads into an engine replica, per outcome.",
-            ["outcome"],
+            "Adapter version loads into an engine replica, per outcome (ok, error).",
+            ["upstream", "outcome"],
+            registry=r,
+        )
+        self.adapter_load_failures = Counter(
+            "gateway_adapter_load_failures_total",
+            "Adapter version loads that failed, per reason (rejected by the engine, "
+            "engine unreachable, files changed since registration).",
+            ["upstream", "reason"],
+            registry=r,
+        )
+        self.adapter_load_duration = Histogram(
+            "gateway_adapter_load_duration_seconds",
+            "Time to load one adapter version into an engine replica.",
+            ["upstream"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.adapter_evictions = Counter(
+            "gateway_adapter_evictions_total",
+            "Adapter versions unloaded from a replica to make room (least recently used).",
+            ["upstream"],
+            registry=r,
+        )
+        self.adapters_resident = Gauge(
+            "gateway_adapters_resident",
+            "Adapter versions loaded in each engine replica.",
+            ["upstream"],
+            registry=r,
+        )
+        self.registry_operations = Counter(
+            "gateway_registry_operations_total",
+            "Registry changes (register, load, unload, retire, delete, pin, unpin), per outcome.",
+            ["operation", "outcome"],
+            registry=r,
+        )
+        self.auth_refusals = Counter(
+            "gateway_auth_refusals_total",
+            "Requests refused by API-key checks, per reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.rate_limited = Counter(
+            "gateway_rate_limited_total",
+            "Requests refused with 429 because a tenant key's rate was used up.",
+            ["tenant"],
             registry=r,
         )

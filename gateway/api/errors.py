@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from http import HTTPStatus
 
 from fastapi import FastAPI, Request
@@ -10,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from gateway.errors import GatewayError, error_body
+from gateway.errors import GatewayError, RateLimited, error_body
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +24,8 @@ def request_id_of(request: Request) -> str:
 def error_response(error: GatewayError) -> JSONResponse:
     """A JSON error response for a gateway error."""
     headers = {"retry-after": "1"} if error.status_code == 503 else None
+    if isinstance(error, RateLimited):
+        headers = {"retry-after": str(max(1, math.ceil(error.retry_after_s)))}
     return JSONResponse(error.body(), status_code=error.status_code, headers=headers)
 
 

@@ -13,11 +13,13 @@ from fastapi import Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
 
+from gateway.api.auth import check_adapter_allowed, principal_of
 from gateway.api.errors import request_id_of
 from gateway.api.responses import RelayResponse
 from gateway.errors import GatewayError, InvalidRequest, error_body
 from gateway.metrics import Metrics, status_class
-from gateway.routing.catalog import ModelCatalog, Target
+from gateway.routing.catalog import CatalogView, ModelCatalog, Target
+from gateway.upstream.pool import Lease, UpstreamPool
 from gateway.upstream.proxy import EngineProxy, UpstreamReply
 
 log = logging.getLogger(__name__)
@@ -26,45 +28,81 @@ log = logging.getLogger(__name__)
 class OpenAIService:
     """The serving path shared by `/v1/chat/completions` and `/v1/completions`."""
 
-    def __init__(self, catalog: ModelCatalog, proxy: EngineProxy, metrics: Metrics) -> None:
-        self.catalog = catalog
+    def __init__(
+        self, catalogs: CatalogView, pool: UpstreamPool, proxy: EngineProxy, metrics: Metrics
+    ) -> None:
+        self._catalogs = catalogs
+        self._pool = pool
         self._proxy = proxy
         self._metrics = metrics
+
+    @property
+    def catalog(self) -> ModelCatalog:
+        """The model names clients may call right now."""
+        return self._catalogs.current
 
     async def handle(self, request: Request, endpoint: str, schema: type[BaseModel]) -> Response:
         """Serve one request to `endpoint` (the engine path, e.g. `/v1/completions`)."""
         started = time.perf_counter()
         request_id = request_id_of(request)
         payload = parse_body(await request.body(), schema)
-        target = self.catalog.resolve(payload["model"])
+        catalog = self.catalog
+        target = catalog.resolve(payload["model"])
+        check_adapter_allowed(principal_of(request.scope), target.route, catalog.base_model)
         payload["model"] = target.engine_model
         stream = payload.get("stream") is True
         headers = {"x-route": target.route, "x-adapter": target.served}
         self._metrics.in_flight.inc()
         try:
-            reply = await self._proxy.send(
-                endpoint, json.dumps(payload).encode(), request_id, stream
+            lease, reply = await self._send(
+                target, endpoint, json.dumps(payload).encode(), request_id, stream
             )
         except BaseException as exc:
             self._metrics.in_flight.dec()
             self._record(endpoint, target, _failure_status(exc), started)
             raise
         if reply.stream is None:
+            lease.release()
             self._metrics.in_flight.dec()
             self._record(endpoint, target, reply.status, started)
             return Response(
                 reply.body, status_code=reply.status, media_type=reply.content_type, headers=headers
             )
         return RelayResponse(
-            self._relay(reply, endpoint, target, started, request_id),
+            self._relay(reply, lease, endpoint, target, started, request_id),
             status_code=reply.status,
             media_type=reply.content_type,
             headers={**headers, "cache-control": "no-cache", "x-accel-buffering": "no"},
         )
 
+    async def _send(
+        self, target: Target, endpoint: str, body: bytes, request_id: str, stream: bool
+    ) -> tuple[Lease, UpstreamReply]:
+        """Lease a replica holding the adapter version (loading it if need be) and send."""
+        adapter = target.adapter.engine_name if target.adapter else None
+        for attempt in range(2):
+            lease = await self._pool.lease(adapter)
+            try:
+                reply = await self._proxy.send(lease.replica, endpoint, body, request_id, stream)
+            except BaseException:
+                lease.release()
+                raise
+            if reply.status == 404 and adapter is not None and attempt == 0:
+                # The engine lost the version (it restarted between two health checks, or
+                # another gateway replica evicted it): load it again and retry once.
+                log.warning(
+                    "request %s: %s lost its %s; reloading", request_id, lease.replica.url, adapter
+                )
+                lease.release()
+                lease.replica.residency.discard(adapter)
+                continue
+            return lease, reply
+        raise AssertionError("unreachable")
+
     async def _relay(
         self,
         reply: UpstreamReply,
+        lease: Lease,
         endpoint: str,
         target: Target,
         started: float,
@@ -87,6 +125,7 @@ class OpenAIService:
             log.warning("request %s: stream failed: %s", request_id, exc.message)
             yield sse_error(exc)
         finally:
+            lease.release()
             self._metrics.in_flight.dec()
             self._record(endpoint, target, status, started)
 

@@ -69,6 +69,8 @@ class AdapterVersionRow(Base):
         Enum(VersionState, name="version_state", values_callable=lambda e: [m.value for m in e]),
         default=VersionState.REGISTERED,
     )
+    # Never evicted from a replica (an operator or an active rollout needs it resident).
+    pinned: Mapped[bool] = mapped_column(default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     adapter: Mapped[Adapter] = relationship(back_populates="versions")

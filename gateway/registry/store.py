@@ -18,18 +18,18 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 from gateway.errors import AdapterNotFound, Conflict
 from gateway.registry.schema import Adapter, AdapterVersionRow, AuditEvent, VersionState
 
-# Which state changes are allowed; `retired` is final.
+_S = VersionState
+# Which state changes are allowed; `retired` is final. `ready` means loaded successfully and
+# wanted resident; unloading it by hand makes it `registered` again (still servable).
 TRANSITIONS: dict[VersionState, frozenset[VersionState]] = {
-    VersionState.REGISTERED: frozenset(
-        {VersionState.LOADING, VersionState.FAILED, VersionState.RETIRED}
-    ),
-    VersionState.LOADING: frozenset({VersionState.READY, VersionState.FAILED}),
-    VersionState.READY: frozenset(
-        {VersionState.LOADING, VersionState.FAILED, VersionState.RETIRED}
-    ),
-    VersionState.FAILED: frozenset({VersionState.LOADING, VersionState.RETIRED}),
-    VersionState.RETIRED: frozenset(),
+    _S.REGISTERED: frozenset({_S.LOADING, _S.READY, _S.FAILED, _S.RETIRED}),
+    _S.LOADING: frozenset({_S.READY, _S.FAILED, _S.REGISTERED}),
+    _S.READY: frozenset({_S.LOADING, _S.REGISTERED, _S.FAILED, _S.RETIRED}),
+    _S.FAILED: frozenset({_S.LOADING, _S.RETIRED}),
+    _S.RETIRED: frozenset(),
 }
+# Versions clients may call (a registered one is loaded on demand).
+SERVABLE = frozenset({_S.REGISTERED, _S.LOADING, _S.READY})
 # Concurrent registrations of one name can collide on the version number; the loser retries.
 REGISTER_ATTEMPTS = 3
 
@@ -80,7 +80,9 @@ class Registry:
                 session.add(adapter)
                 session.flush()
             same = session.scalar(
-                select(AdapterVersionRow).where(
+                select(AdapterVersionRow)
+                .options(selectinload(AdapterVersionRow.adapter))
+                .where(
                     AdapterVersionRow.adapter_id == adapter.id,
                     AdapterVersionRow.sha256 == spec.sha256,
                 )
@@ -93,7 +95,7 @@ class Registry:
                 )
             )
             row = AdapterVersionRow(
-                adapter_id=adapter.id,
+                adapter=adapter,
                 version=(newest or 0) + 1,
                 path=spec.path,
                 sha256=spec.sha256,
@@ -132,6 +134,8 @@ class Registry:
                 )
             previous = row.state
             row.state = state
+            if state == VersionState.RETIRED:
+                row.pinned = False
             session.add(
                 AuditEvent(
                     actor=actor,
@@ -144,6 +148,112 @@ class Registry:
             )
             return row
 
+    def set_pinned(
+        self, name: str, version: int, pinned: bool, *, actor: str, reason: str = ""
+    ) -> AdapterVersionRow:
+        """Pin a servable version (never evicted) or unpin it."""
+        with self._sessions.begin() as session:
+            row = self._version_row(session, name, version)
+            if row.pinned == pinned:
+                return row
+            if pinned and row.state not in SERVABLE:
+                raise Conflict(
+                    f"{name}@{version} is {row.state.value}; only a servable version can be pinned",
+                    param="version",
+                )
+            row.pinned = pinned
+            session.add(
+                AuditEvent(
+                    actor=actor,
+                    action="pin" if pinned else "unpin",
+                    adapter=name,
+                    version=version,
+                    reason=reason,
+                )
+            )
+            return row
+
+    def delete(self, name: str, version: int, *, actor: str, reason: str = "") -> None:
+        """Remove a retired or failed version (its audit trail stays)."""
+        with self._sessions.begin() as session:
+            row = self._version_row(session, name, version)
+            if row.state in SERVABLE:
+                raise Conflict(
+                    f"{name}@{version} is {row.state.value} and may serve traffic; retire it first",
+                    param="version",
+                )
+            adapter = row.adapter
+            session.delete(row)
+            session.add(
+                AuditEvent(
+                    actor=actor,
+                    action="delete",
+                    adapter=name,
+                    version=version,
+                    reason=reason,
+                    detail={"sha256": row.sha256, "state": row.state.value},
+                )
+            )
+            session.flush()
+            if not session.scalar(
+                select(func.count()).where(AdapterVersionRow.adapter_id == adapter.id)
+            ):
+                session.delete(adapter)
+
+    def record_refusal(
+        self, name: str, message: str, detail: dict[str, Any], *, actor: str
+    ) -> None:
+        """Audit a registration that validation refused (no version is created)."""
+        with self._sessions.begin() as session:
+            session.add(
+                AuditEvent(
+                    actor=actor,
+                    action="register:failed",
+                    adapter=name,
+                    version=None,
+                    reason=message[:1024],
+                    detail=detail,
+                )
+            )
+
+    def recover_interrupted(self, *, actor: str) -> list[AdapterVersionRow]:
+        """Versions left `loading` by a crash go back to `registered` (loaded again on demand)."""
+        with self._sessions.begin() as session:
+            rows = session.scalars(
+                select(AdapterVersionRow)
+                .options(selectinload(AdapterVersionRow.adapter))
+                .where(AdapterVersionRow.state == VersionState.LOADING)
+            ).all()
+            for row in rows:
+                row.state = VersionState.REGISTERED
+                session.add(
+                    AuditEvent(
+                        actor=actor,
+                        action="state:registered",
+                        adapter=row.adapter.name,
+                        version=row.version,
+                        reason="a load was interrupted by a restart",
+                        detail={"from": VersionState.LOADING.value},
+                    )
+                )
+            return list(rows)
+
+    def servable(self) -> Sequence[AdapterVersionRow]:
+        """Every version clients may call, with its adapter loaded."""
+        with self._sessions() as session:
+            query = (
+                select(AdapterVersionRow)
+                .options(selectinload(AdapterVersionRow.adapter))
+                .where(AdapterVersionRow.state.in_(SERVABLE))
+                .order_by(AdapterVersionRow.adapter_id, AdapterVersionRow.version)
+            )
+            return session.scalars(query).all()
+
+    def last_event_id(self) -> int:
+        """The newest audit event's id: it changes with every change to the registry."""
+        with self._sessions() as session:
+            return session.scalar(select(func.max(AuditEvent.id))) or 0
+
     def version(self, name: str, version: int | None = None) -> AdapterVersionRow:
         """One version; without a number, the newest one that is not retired."""
         with self._sessions() as session:
@@ -152,7 +262,7 @@ class Registry:
             row = session.scalar(
                 select(AdapterVersionRow)
                 .join(Adapter)
-                .where(Adapter.name == name, AdapterVersionRow.state != VersionState.RETIRED)
+                .where(Adapter.name == name, AdapterVersionRow.state.in_(SERVABLE))
                 .order_by(AdapterVersionRow.version.desc())
                 .limit(1)
             )
@@ -166,19 +276,32 @@ class Registry:
             query = select(Adapter).options(selectinload(Adapter.versions)).order_by(Adapter.name)
             return session.scalars(query).all()
 
-    def audit(self, name: str | None = None) -> Sequence[AuditEvent]:
-        """The audit trail, oldest first (of one adapter, or of all)."""
+    def adapter(self, name: str) -> Adapter:
+        """One adapter with its versions."""
         with self._sessions() as session:
-            query = select(AuditEvent).order_by(AuditEvent.id)
+            adapter = session.scalar(
+                select(Adapter).options(selectinload(Adapter.versions)).where(Adapter.name == name)
+            )
+            if adapter is None:
+                raise AdapterNotFound(f"adapter {name!r} is not registered", param="name")
+            return adapter
+
+    def audit(self, name: str | None = None, limit: int | None = None) -> Sequence[AuditEvent]:
+        """The audit trail, oldest first (of one adapter, or of all; the newest `limit`)."""
+        with self._sessions() as session:
+            query = select(AuditEvent).order_by(AuditEvent.id.desc())
             if name is not None:
                 query = query.where(AuditEvent.adapter == name)
-            return session.scalars(query).all()
+            if limit is not None:
+                query = query.limit(limit)
+            return list(reversed(session.scalars(query).all()))
 
     @staticmethod
     def _version_row(session: Session, name: str, version: int) -> AdapterVersionRow:
         row = session.scalar(
             select(AdapterVersionRow)
             .join(Adapter)
+            .options(selectinload(AdapterVersionRow.adapter))
             .where(Adapter.name == name, AdapterVersionRow.version == version)
         )
         if row is None:

@@ -71,6 +71,8 @@ class ValidatedAdapter:
     sha256: str
     rank: int
     target_modules: list[str]
+    # What `adapter_config.json` names as its base (`base_model_name_or_path`), if anything.
+    base_model: str | None = None
 
 
 def confine(root: Path, relative: str) -> Path:
@@ -136,7 +138,9 @@ def validate_adapter(
         )
     targets = _target_modules(config, base)
     _check_shapes(directory / WEIGHT_FILES[0], base, rank)
-    return ValidatedAdapter(directory, relative, sha256, rank, targets)
+    named = config.get("base_model_name_or_path")
+    base_model = named if isinstance(named, str) and named else None
+    return ValidatedAdapter(directory, relative, sha256, rank, targets, base_model)
 
 
 def _read_config(file: Path) -> dict[str, Any]:

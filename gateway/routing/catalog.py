@@ -30,6 +30,8 @@ class AdapterVersion:
     name: str
     version: int
     path: Path
+    # sha256 of its files at registration (checked again before every load); "" if unknown.
+    sha256: str = ""
 
     @property
     def engine_name(self) -> str:
@@ -104,6 +106,13 @@ class ModelCatalog:
     def model_ids(self) -> list[tuple[str, Target]]:
         """Every accepted `model` value with its target, base first."""
         return sorted(self._targets.items(), key=lambda kv: (kv[0] != self.base_model, kv[0]))
+
+
+class CatalogView:
+    """The current catalogue; replaced whole when the registry changes (readers never lock)."""
+
+    def __init__(self, catalog: ModelCatalog) -> None:
+        self.current = catalog
 
 
 def scan_adapter_root(root: Path) -> list[AdapterVersion]:

@@ -1,8 +1,11 @@
-"""vLLM replicas behind the gateway: health, adapter reconciliation and picking one.
+"""vLLM replicas behind the gateway: health, adapter residency and picking one.
 
-The gateway, not vLLM, is the source of truth for which adapters a replica should
-serve: whenever a replica (re)appears healthy, every catalogue adapter it lacks is
-loaded into it through `/v1/load_lora_adapter`.
+The gateway, not vLLM, is the source of truth for which adapter versions a replica holds.
+Each replica has a `Residency` (bounded, least recently used out first, pinned versions
+kept). A request for a version the chosen replica lacks loads it through
+`/v1/load_lora_adapter`; whenever a replica (re)appears healthy, `reconcile` restores the
+set it should hold: after an engine restart the gateway's own record, after a gateway
+restart what the engine still serves plus the pinned and `ready` versions.
 """
 
 from __future__ import annotations
@@ -10,16 +13,66 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
+from typing import Protocol
 
 import httpx
 
-from gateway.errors import UpstreamUnavailable
+from gateway.errors import UpstreamError, UpstreamUnavailable
 from gateway.metrics import Metrics
 from gateway.routing.catalog import AdapterVersion
+from gateway.upstream.residency import NoRoom, Residency
 
 log = logging.getLogger(__name__)
+
+LOAD_TIMEOUT_S = 120.0
+
+
+class AdapterLoadFailed(UpstreamError):
+    """The engine refused to load an adapter version (it is marked failed)."""
+
+    code = "adapter_load_failed"
+
+
+class AdapterSource(Protocol):
+    """What the pool needs to know about adapter versions (the registry, seen from here)."""
+
+    def servable(self) -> Mapping[str, AdapterVersion]:
+        """Every version clients may call, by engine name."""
+
+    def wanted(self) -> Sequence[str]:
+        """Engine names a fresh replica should hold, most wanted first (pinned, then ready)."""
+
+    def pinned(self) -> set[str]:
+        """Engine names that are never evicted."""
+
+    async def before_load(self, version: AdapterVersion) -> str:
+        """Check the files again and return the absolute path to load from."""
+
+    async def after_load(self, version: AdapterVersion, replica: str, error: str | None) -> None:
+        """Record a load's outcome (a refusal marks the version failed)."""
+
+
+class NoAdapters:
+    """An adapter source with no adapters (the base model only)."""
+
+    def servable(self) -> Mapping[str, AdapterVersion]:
+        return {}
+
+    def wanted(self) -> Sequence[str]:
+        return ()
+
+    def pinned(self) -> set[str]:
+        return set()
+
+    async def before_load(self, version: AdapterVersion) -> str:
+        return str(version.path)
+
+    async def after_load(self, version: AdapterVersion, replica: str, error: str | None) -> None:
+        return None
 
 
 @dataclass
@@ -27,26 +80,58 @@ class Replica:
     """One vLLM server."""
 
     url: str
+    residency: Residency
     healthy: bool = False
     in_flight: int = 0
-    resident: set[str] = field(default_factory=set)
     last_error: str | None = None
+    # Whether this gateway process has reconciled the replica since it started.
+    adopted: bool = field(default=False)
+
+    @property
+    def resident(self) -> set[str]:
+        """Engine names of the versions loaded here."""
+        return set(self.residency.resident)
+
+
+@dataclass
+class Lease:
+    """A replica chosen for one request, with its adapter version kept resident."""
+
+    replica: Replica
+    adapter: str | None
+
+    def release(self) -> None:
+        """The request is done with the adapter."""
+        if self.adapter is not None:
+            self.replica.residency.release(self.adapter)
+            self.adapter = None
 
 
 class UpstreamPool:
-    """The set of replicas and their health."""
+    """The set of replicas, their health and their resident adapter versions."""
 
     def __init__(
         self,
         urls: Sequence[str],
         client: httpx.AsyncClient,
         metrics: Metrics,
-        adapters: Callable[[], Sequence[AdapterVersion]] = lambda: (),
+        *,
+        capacity: int = 8,
+        source: AdapterSource | None = None,
     ) -> None:
-        self.replicas = [Replica(url) for url in urls]
         self._client = client
         self._metrics = metrics
-        self._adapters = adapters
+        self.source: AdapterSource = source or NoAdapters()
+        self.replicas: list[Replica] = []
+        for url in urls:
+            residency = Residency(
+                capacity,
+                load=partial(self._load, url),
+                unload=partial(self._unload, url),
+                on_evict=partial(self._evicted, url),
+            )
+            self.replicas.append(Replica(url, residency))
+        self._by_url = {r.url: r for r in self.replicas}
         self._task: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
 
@@ -55,15 +140,72 @@ class UpstreamPool:
         """Whether any replica can take traffic."""
         return any(r.healthy for r in self.replicas)
 
-    def pick(self) -> Replica:
-        """The healthy replica with the fewest requests in flight."""
+    def healthy_replicas(self) -> list[Replica]:
+        """Replicas that answer their health check."""
+        return [r for r in self.replicas if r.healthy]
+
+    def pick(self, adapter: str | None = None) -> Replica:
+        """A healthy replica: one already holding `adapter` if any, then the least loaded."""
         best: Replica | None = None
+        best_key: tuple[bool, int] | None = None
         for replica in self.replicas:
-            if replica.healthy and (best is None or replica.in_flight < best.in_flight):
-                best = replica
+            if not replica.healthy:
+                continue
+            key = (
+                adapter is not None and adapter not in replica.residency.resident,
+                replica.in_flight,
+            )
+            if best_key is None or key < best_key:
+                best, best_key = replica, key
         if best is None:
             raise UpstreamUnavailable("No inference engine is ready; retry shortly.")
         return best
+
+    async def lease(self, adapter: str | None) -> Lease:
+        """Pick a replica for a request and make `adapter` resident there (loading it)."""
+        replica = self.pick(adapter)
+        if adapter is not None:
+            await replica.residency.acquire(adapter)
+            self._count_resident(replica)
+        return Lease(replica, adapter)
+
+    def busy(self, adapter: str) -> int:
+        """Requests using `adapter` on any replica right now."""
+        return sum(r.residency.busy(adapter) for r in self.replicas)
+
+    async def load_everywhere(self, adapter: str) -> list[str]:
+        """Load `adapter` into every healthy replica; the URLs it is resident on."""
+        replicas = self.healthy_replicas()
+        if not replicas:
+            raise UpstreamUnavailable("No inference engine is ready; retry shortly.")
+        for replica in replicas:
+            await replica.residency.ensure(adapter)
+            self._count_resident(replica)
+        return [r.url for r in replicas]
+
+    async def remove_everywhere(self, adapter: str) -> bool:
+        """Unload `adapter` from every replica where no request uses it; True if gone from all."""
+        gone = True
+        for replica in self.replicas:
+            gone = await replica.residency.remove(adapter) and gone
+            self._count_resident(replica)
+        return gone
+
+    def apply_pins(self) -> None:
+        """Take the pinned set from the adapter source."""
+        pins = self.source.pinned()
+        for replica in self.replicas:
+            replica.residency.set_pins(pins)
+
+    async def sweep(self) -> None:
+        """Unload versions that are no longer servable (retired, failed or deleted)."""
+        servable = self.source.servable()
+        for replica in self.healthy_replicas():
+            for name in replica.residency.resident:
+                if name not in servable:
+                    with contextlib.suppress(UpstreamError):
+                        await replica.residency.remove(name)
+            self._count_resident(replica)
 
     def mark_down(self, replica: Replica, reason: str) -> None:
         """Take a replica out of rotation after a failed request; the health loop brings it back."""
@@ -71,7 +213,6 @@ class UpstreamPool:
             log.warning("upstream %s marked down: %s", replica.url, reason)
         replica.healthy = False
         replica.last_error = reason
-        replica.resident.clear()
         self._metrics.upstream_healthy.labels(replica.url).set(0)
         self._changed.set()
 
@@ -85,42 +226,97 @@ class UpstreamPool:
         if up and not replica.healthy:
             try:
                 await self.reconcile(replica)
-            except httpx.HTTPError as exc:
+            except (httpx.HTTPError, UpstreamUnavailable) as exc:
                 log.warning("upstream %s: reconcile failed: %s", replica.url, exc)
                 up = False
         if up != replica.healthy:
             log.info("upstream %s is %s", replica.url, "up" if up else "down")
-        if not up:
-            replica.resident.clear()
         replica.healthy = up
         self._metrics.upstream_healthy.labels(replica.url).set(1 if up else 0)
 
     async def reconcile(self, replica: Replica) -> None:
-        """Load every catalogue adapter the replica does not already serve."""
+        """Make the replica hold the versions it should (after it or the gateway restarted)."""
         response = await self._client.get(f"{replica.url}/v1/models", timeout=5.0)
         response.raise_for_status()
         served = {m["id"] for m in response.json().get("data", [])}
-        for adapter in self._adapters():
-            if adapter.engine_name in served:
+        servable = self.source.servable()
+        residency = replica.residency
+        pinned = [n for n in self.source.pinned() if n in servable]
+        if replica.adopted:
+            # The engine came back: restore what this gateway had there, oldest first.
+            earlier = residency.resident
+        else:
+            # This gateway just started: keep what the engine still holds, then what the
+            # registry wants resident.
+            earlier = [n for n in served if n in servable] + list(reversed(self.source.wanted()))
+        room = residency.capacity - len(pinned)
+        others = list(dict.fromkeys(n for n in earlier if n in servable and n not in pinned))
+        desired = others[max(0, len(others) - room) :] + pinned
+        residency.forget()
+        for stale in served - set(desired):
+            # Versions this gateway does not serve (retired, deleted, over capacity) go.
+            if "--v" in stale:
+                await self._unload(replica.url, stale)
+        for name in desired:
+            if name in served:
+                residency.mark_resident(name)
                 continue
-            load = await self._client.post(
-                f"{replica.url}/v1/load_lora_adapter",
-                json={"lora_name": adapter.engine_name, "lora_path": str(adapter.path)},
-                timeout=60.0,
+            try:
+                await residency.ensure(name)
+            except (AdapterLoadFailed, NoRoom) as exc:
+                log.error("upstream %s: restoring %s failed: %s", replica.url, name, exc.message)
+        replica.adopted = True
+        self._count_resident(replica)
+        log.info("upstream %s holds %s", replica.url, residency.resident)
+
+    async def _load(self, url: str, name: str) -> None:
+        version = self.source.servable().get(name)
+        if version is None:
+            raise AdapterLoadFailed(f"adapter version {name} is no longer servable")
+        path = await self.source.before_load(version)
+        started = time.perf_counter()
+        try:
+            response = await self._client.post(
+                f"{url}/v1/load_lora_adapter",
+                json={"lora_name": name, "lora_path": path},
+                timeout=LOAD_TIMEOUT_S,
             )
-            outcome = "ok" if load.status_code == 200 else "error"
-            self._metrics.adapter_loads.labels(outcome).inc()
-            if outcome == "ok":
-                served.add(adapter.engine_name)
-            else:
-                log.error(
-                    "upstream %s: loading %s failed: %s %s",
-                    replica.url,
-                    adapter.ref,
-                    load.status_code,
-                    load.text[:300],
-                )
-        replica.resident = served
+        except httpx.HTTPError as exc:
+            self._metrics.adapter_load_failures.labels(url, "unreachable").inc()
+            self._metrics.adapter_loads.labels(url, "error").inc()
+            self.mark_down(self._by_url[url], f"loading {name}: {type(exc).__name__}: {exc}")
+            message = f"The engine at {url} is unreachable; retry shortly."
+            raise UpstreamUnavailable(message) from exc
+        already = response.status_code == 400 and "already" in response.text
+        if response.status_code != 200 and not already:
+            detail = f"{response.status_code} {response.text[:300]}"
+            log.error("upstream %s: loading %s failed: %s", url, version.ref, detail)
+            self._metrics.adapter_load_failures.labels(url, "rejected").inc()
+            self._metrics.adapter_loads.labels(url, "error").inc()
+            await self.source.after_load(version, url, detail)
+            raise AdapterLoadFailed(f"The engine refused to load {version.ref}: {detail}")
+        self._metrics.adapter_loads.labels(url, "ok").inc()
+        self._metrics.adapter_load_duration.labels(url).observe(time.perf_counter() - started)
+        await self.source.after_load(version, url, None)
+
+    async def _unload(self, url: str, name: str) -> None:
+        try:
+            response = await self._client.post(
+                f"{url}/v1/unload_lora_adapter", json={"lora_name": name}, timeout=30.0
+            )
+        except httpx.HTTPError as exc:
+            # An unreachable engine holds nothing once it is back.
+            log.warning("upstream %s: unloading %s failed: %s", url, name, exc)
+            return
+        if response.status_code != 200:
+            log.info("upstream %s: unloading %s: %s", url, name, response.text[:200])
+
+    def _evicted(self, url: str, name: str) -> None:
+        log.info("upstream %s: evicted %s (least recently used)", url, name)
+        self._metrics.adapter_evictions.labels(url).inc()
+
+    def _count_resident(self, replica: Replica) -> None:
+        self._metrics.adapters_resident.labels(replica.url).set(len(replica.residency.resident))
 
     async def check_all(self) -> None:
         """Probe every replica once."""

@@ -35,7 +35,7 @@ class UpstreamReply:
 
 
 class EngineProxy:
-    """Forwards requests to the least-loaded healthy replica."""
+    """Forwards requests to the replica the pool leased for them."""
 
     def __init__(
         self,
@@ -67,11 +67,12 @@ class EngineProxy:
             await self._session.close()
             self._session = None
 
-    async def send(self, path: str, payload: bytes, request_id: str, stream: bool) -> UpstreamReply:
-        """POST `payload` to `path` on a replica; a stream is relayed event by event."""
+    async def send(
+        self, replica: Replica, path: str, payload: bytes, request_id: str, stream: bool
+    ) -> UpstreamReply:
+        """POST `payload` to `path` on `replica`; a stream is relayed event by event."""
         if self._session is None:
             raise UpstreamUnavailable("The gateway is not started.")
-        replica = self._pool.pick()
         replica.in_flight += 1
         try:
             response = await self._session.post(

@@ -19,6 +19,7 @@ from gateway.errors import UpstreamUnavailable
 
 Load = Callable[[str], Awaitable[None]]
 Unload = Callable[[str], Awaitable[None]]
+OnEvict = Callable[[str], None]
 
 
 class NoRoom(UpstreamUnavailable):
@@ -34,6 +35,7 @@ class Residency:
         load: Load,
         unload: Unload,
         clock: Callable[[], float] = time.monotonic,
+        on_evict: OnEvict | None = None,
     ) -> None:
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
@@ -41,6 +43,7 @@ class Residency:
         self._load = load
         self._unload = unload
         self._clock = clock
+        self._on_evict = on_evict
         # name -> last use, least recent first.
         self._resident: OrderedDict[str, float] = OrderedDict()
         self._pinned: set[str] = set()
@@ -55,16 +58,45 @@ class Residency:
         """Resident versions, least recently used first."""
         return list(self._resident)
 
+    @property
+    def pinned(self) -> frozenset[str]:
+        """Versions never evicted."""
+        return frozenset(self._pinned)
+
     def pin(self, name: str) -> None:
         """Never evict `name` (it may still be loaded on demand)."""
         self._pinned.add(name)
 
     def unpin(self, name: str) -> None:
+        """Let `name` be evicted again."""
         self._pinned.discard(name)
+
+    def set_pins(self, names: set[str]) -> None:
+        """Replace the pinned set."""
+        self._pinned = set(names)
+
+    def busy(self, name: str) -> int:
+        """Requests using `name` right now."""
+        return self._busy.get(name, 0)
 
     def forget(self) -> None:
         """The replica restarted: nothing is resident any more."""
         self._resident.clear()
+
+    def discard(self, name: str) -> None:
+        """The replica lost `name` (found out by a failed request): load it again when needed."""
+        self._resident.pop(name, None)
+
+    async def remove(self, name: str) -> bool:
+        """Unload `name` now unless a request uses it; True if it is gone."""
+        async with self._lock:
+            if name not in self._resident:
+                return True
+            if self._busy.get(name):
+                return False
+            await self._unload(name)
+            del self._resident[name]
+            return True
 
     def mark_resident(self, name: str) -> None:
         """Record a version the replica already holds (found by a reconcile)."""
@@ -85,17 +117,29 @@ class Residency:
             self.mark_resident(name)
             return True
 
-    @asynccontextmanager
-    async def using(self, name: str) -> AsyncIterator[None]:
-        """Load `name` if needed and keep it from eviction while the block runs."""
+    async def acquire(self, name: str) -> None:
+        """Load `name` if needed and keep it from eviction until `release(name)`."""
         self._busy[name] = self._busy.get(name, 0) + 1
         try:
             await self.ensure(name)
+        except BaseException:
+            self.release(name)
+            raise
+
+    def release(self, name: str) -> None:
+        """One request is done with `name`."""
+        self._busy[name] -= 1
+        if not self._busy[name]:
+            del self._busy[name]
+
+    @asynccontextmanager
+    async def using(self, name: str) -> AsyncIterator[None]:
+        """Load `name` if needed and keep it from eviction while the block runs."""
+        await self.acquire(name)
+        try:
             yield
         finally:
-            self._busy[name] -= 1
-            if not self._busy[name]:
-                del self._busy[name]
+            self.release(name)
 
     def _touch(self, name: str) -> bool:
         if name not in self._resident:
@@ -109,6 +153,8 @@ class Residency:
                 await self._unload(victim)
                 del self._resident[victim]
                 self.evictions += 1
+                if self._on_evict is not None:
+                    self._on_evict(victim)
                 return
         raise NoRoom(
             f"all {self.capacity} adapter slots hold pinned or busy versions; retry shortly"

@@ -10,15 +10,20 @@ from fastapi import FastAPI
 from gateway.app import create_app
 from gateway.config import Settings
 from gateway.metrics import Metrics
-from gateway.routing.catalog import AdapterVersion
+from gateway.testing.adapters import TINY_BASE, write_adapter
 from gateway.testing.fake_vllm import FakeEngineState, create_fake_vllm
 from gateway.testing.server import serve_in_loop
 
-ADAPTERS = [
-    AdapterVersion("pirate", 1, Path("/adapters/pirate/v1")),
-    AdapterVersion("pirate", 2, Path("/adapters/pirate/v2")),
-    AdapterVersion("french", 1, Path("/adapters/french/v1")),
-]
+# Seeded into the registry at start: pirate@1, pirate@2 and french@1.
+ADAPTERS = {"pirate/v1": 1.0, "pirate/v2": 2.0, "french/v1": 3.0}
+
+
+@pytest.fixture
+def adapter_root(tmp_path: Path) -> Path:
+    root = tmp_path / "adapters"
+    for relative, fill in ADAPTERS.items():
+        write_adapter(root / relative, fill=fill)
+    return root
 
 
 @pytest.fixture
@@ -38,10 +43,12 @@ def metrics() -> Metrics:
 
 
 @pytest.fixture
-def settings(engine_url: str) -> Settings:
+def settings(engine_url: str, adapter_root: Path, tmp_path: Path) -> Settings:
     return Settings(
         base_model_name="smollm2",
         upstream_urls=[engine_url],
+        adapter_root=adapter_root,
+        state_dir=tmp_path / "state",
         max_body_bytes=4096,
         upstream_read_timeout_s=0.5,
     )
@@ -49,7 +56,7 @@ def settings(engine_url: str) -> Settings:
 
 @pytest.fixture
 async def app(settings: Settings, metrics: Metrics) -> AsyncIterator[FastAPI]:
-    application = create_app(settings, adapters=ADAPTERS, metrics=metrics)
+    application = create_app(settings, metrics=metrics, base_info=TINY_BASE)
     async with application.router.lifespan_context(application):
         yield application
 

@@ -4,6 +4,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -11,10 +12,9 @@ import pytest
 from gateway.app import create_app
 from gateway.config import Settings
 from gateway.metrics import Metrics
+from gateway.testing.adapters import TINY_BASE
 from gateway.testing.fake_vllm import FakeEngineState, create_fake_vllm
 from gateway.testing.server import serve_in_loop
-
-from .conftest import ADAPTERS
 
 CHAT = {"model": "pirate", "messages": [{"role": "user", "content": "hi"}], "stream": True}
 
@@ -25,15 +25,19 @@ def sse_events(text: str) -> list[str]:
 
 @pytest.fixture
 async def socket_client(
-    metrics: Metrics,
+    metrics: Metrics, adapter_root: Path, tmp_path: Path
 ) -> AsyncIterator[tuple[httpx.AsyncClient, FakeEngineState]]:
     # In-memory ASGI transports buffer whole responses: real sockets show the timing.
     state = FakeEngineState(base_model="smollm2")
     async with serve_in_loop(create_fake_vllm(state)) as engine_url:
         settings = Settings(
-            base_model_name="smollm2", upstream_urls=[engine_url], upstream_read_timeout_s=0.5
+            base_model_name="smollm2",
+            upstream_urls=[engine_url],
+            upstream_read_timeout_s=0.5,
+            adapter_root=adapter_root,
+            state_dir=tmp_path / "state",
         )
-        app = create_app(settings, adapters=ADAPTERS, metrics=metrics)
+        app = create_app(settings, metrics=metrics, base_info=TINY_BASE)
         async with serve_in_loop(app) as gateway_url:
             async with httpx.AsyncClient(base_url=gateway_url) as c:
                 yield c, state

@@ -1,24 +1,29 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
 
 from gateway.app import create_app
 from gateway.config import Settings
+from gateway.testing.adapters import TINY_BASE
 from gateway.testing.server import free_port
-
-from .conftest import ADAPTERS
 
 
 @pytest.fixture
-async def client_without_engine() -> AsyncIterator[httpx.AsyncClient]:
+async def client_without_engine(
+    adapter_root: Path, tmp_path: Path
+) -> AsyncIterator[httpx.AsyncClient]:
     # A real socket nobody listens on: connections are refused.
     settings = Settings(
-        base_model_name="smollm2", upstream_urls=[f"http://127.0.0.1:{free_port()}"]
+        base_model_name="smollm2",
+        upstream_urls=[f"http://127.0.0.1:{free_port()}"],
+        adapter_root=adapter_root,
+        state_dir=tmp_path / "state",
     )
-    app = create_app(settings, adapters=ADAPTERS)
+    app = create_app(settings, base_info=TINY_BASE)
     async with (
         app.router.lifespan_context(app),
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as c,

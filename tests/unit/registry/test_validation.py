@@ -6,9 +6,7 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
-from safetensors.numpy import save_file
 
 from gateway.errors import InvalidRequest
 from gateway.registry.validation import (
@@ -17,37 +15,10 @@ from gateway.registry.validation import (
     content_sha256,
     validate_adapter,
 )
+from gateway.testing.adapters import MODULES, TINY_BASE, write_adapter
 
-# A tiny Llama-shaped base: hidden 8, 2 heads of 4 (1 KV head), MLP 16, 2 layers.
-BASE = BaseModelInfo.from_config(
-    "tiny",
-    {
-        "hidden_size": 8,
-        "num_attention_heads": 2,
-        "num_key_value_heads": 1,
-        "intermediate_size": 16,
-        "num_hidden_layers": 2,
-    },
-)
-MODULES = ("q_proj", "v_proj", "down_proj")
-
-
-def _write_adapter(
-    directory: Path, rank: int = 2, base: BaseModelInfo = BASE, targets: tuple[str, ...] = MODULES
-) -> Path:
-    directory.mkdir(parents=True)
-    config = {"peft_type": "LORA", "r": rank, "lora_alpha": 4, "target_modules": list(targets)}
-    (directory / "adapter_config.json").write_text(json.dumps(config))
-    tensors = {}
-    for layer in range(base.num_layers):
-        for module in targets:
-            group = "mlp" if module.endswith(("gate_proj", "up_proj", "down_proj")) else "self_attn"
-            prefix = f"base_model.model.model.layers.{layer}.{group}.{module}"
-            fan_in, fan_out = base.shapes[module]
-            tensors[f"{prefix}.lora_A.weight"] = np.ones((rank, fan_in), dtype=np.float32)
-            tensors[f"{prefix}.lora_B.weight"] = np.zeros((fan_out, rank), dtype=np.float32)
-    save_file(tensors, str(directory / "adapter_model.safetensors"))
-    return directory
+BASE = TINY_BASE
+_write_adapter = write_adapter
 
 
 @pytest.fixture

@@ -1,0 +1,58 @@
+"""Tiny synthetic base-model shapes and peft adapter directories for fast tests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import save_file
+
+from gateway.registry.validation import BaseModelInfo
+
+# A tiny Llama-shaped base: hidden 8, 2 heads of 4 (1 KV head), MLP 16, 2 layers.
+TINY_BASE = BaseModelInfo.from_config(
+    "tiny",
+    {
+        "hidden_size": 8,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "intermediate_size": 16,
+        "num_hidden_layers": 2,
+    },
+)
+MODULES = ("q_proj", "v_proj", "down_proj")
+
+
+def write_adapter(
+    directory: Path,
+    rank: int = 2,
+    base: BaseModelInfo = TINY_BASE,
+    targets: tuple[str, ...] = MODULES,
+    fill: float = 1.0,
+    base_model: str | None = None,
+) -> Path:
+    """Write `adapter_config.json` and `adapter_model.safetensors` shaped for `base`.
+
+    `fill` sets the LoRA A values, so two adapters with different fills differ in content.
+    """
+    directory.mkdir(parents=True)
+    config: dict[str, object] = {
+        "peft_type": "LORA",
+        "r": rank,
+        "lora_alpha": 4,
+        "target_modules": list(targets),
+    }
+    if base_model is not None:
+        config["base_model_name_or_path"] = base_model
+    (directory / "adapter_config.json").write_text(json.dumps(config))
+    tensors = {}
+    for layer in range(base.num_layers):
+        for module in targets:
+            group = "mlp" if module.endswith(("gate_proj", "up_proj", "down_proj")) else "self_attn"
+            prefix = f"base_model.model.model.layers.{layer}.{group}.{module}"
+            fan_in, fan_out = base.shapes[module]
+            tensors[f"{prefix}.lora_A.weight"] = np.full((rank, fan_in), fill, dtype=np.float32)
+            tensors[f"{prefix}.lora_B.weight"] = np.zeros((fan_out, rank), dtype=np.float32)
+    save_file(tensors, str(directory / "adapter_model.safetensors"))
+    return directory
