@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import getpass
 import hashlib
 import json
 import secrets
@@ -50,8 +52,18 @@ def _client(
     url: str, key: str | None, transport: httpx.BaseTransport | None = None
 ) -> httpx.Client:
     """Build the admin API client; tests pass a fake transport."""
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    return httpx.Client(base_url=url, headers=headers, timeout=30.0, transport=transport)
+    # The audit trail names the person behind the admin key.
+    headers = {"x-actor": _user()}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    # Loads wait for every replica; a first load into a busy engine can take a while.
+    return httpx.Client(base_url=url, headers=headers, timeout=120.0, transport=transport)
+
+
+def _user() -> str:
+    with contextlib.suppress(Exception):
+        return getpass.getuser()
+    return "unknown"
 
 
 def _fail(message: str) -> NoReturn:

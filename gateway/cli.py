@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 
 from gateway.admin_cli import adapters_app, keys_app
+from gateway.api.auth import describe_open_mode
 from gateway.config import Settings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -84,12 +85,17 @@ def _banner(settings: Settings) -> str:
     else:
         engine = ", ".join(settings.upstream_urls)
     body = '{"model": "pirate", "messages": [{"role": "user", "content": "Tell me about snow."}]}'
+    database = settings.database_url.split("@")[-1] if settings.database_url else "SQLite"
+    keyed = settings.admin_key_sha256 is not None
+    open_mode = describe_open_mode(keyed, bool(settings.tenant_keys))
     return (
-        f"Gateway on {base} ({engine}).\n"
+        f"Gateway on {base} ({engine}; registry: {database}).\n"
         f"Once {base}/readyz answers 200 (about a minute), try:\n"
         f"  curl {base}/v1/models\n"
         f"  curl {base}/v1/chat/completions -H 'content-type: application/json' -d '{body}'\n"
-        "Ctrl-C stops the gateway and the engine."
+        "  lora-gateway adapters list\n"
+        + "".join(f"Note: {line}\n" for line in open_mode)
+        + "Ctrl-C stops the gateway and the engine."
     )
 
 

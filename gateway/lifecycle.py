@@ -23,7 +23,13 @@ from gateway.errors import Conflict, GatewayError, InvalidRequest, UpstreamUnava
 from gateway.metrics import Metrics
 from gateway.registry.schema import AdapterVersionRow, VersionState
 from gateway.registry.store import SERVABLE, Registration, Registry, VersionSpec
-from gateway.registry.validation import BaseModelInfo, confine, content_sha256, validate_adapter
+from gateway.registry.validation import (
+    CONTENT_FILES,
+    BaseModelInfo,
+    confine,
+    content_sha256,
+    validate_adapter,
+)
 from gateway.routing.catalog import (
     ADAPTER_NAME,
     AdapterVersion,
@@ -90,7 +96,7 @@ class AdapterLifecycle:
         self._states: dict[str, VersionState] = {}
         self._pinned: set[str] = set()
         self._wanted: list[str] = []
-        self._verified: dict[str, tuple[str, tuple[int, int, int, int]]] = {}
+        self._verified: dict[str, tuple[str, tuple[tuple[int, int, int, int], ...]]] = {}
         self._seen_event = -1
         self._task: asyncio.Task[None] | None = None
 
@@ -159,7 +165,9 @@ class AdapterLifecycle:
             try:
                 if await asyncio.to_thread(self.registry.last_event_id) != self._seen_event:
                     await self.refresh()
-                    await self.pool.sweep()
+                # Every tick, changed or not: a version retired while requests used it is
+                # unloaded once they are done.
+                await self.pool.sweep()
             except Exception:
                 log.exception("reading the registry failed; the last snapshot keeps serving")
 
@@ -184,26 +192,28 @@ class AdapterLifecycle:
         return set(self._pinned)
 
     async def before_load(self, version: AdapterVersion) -> str:
-        path = await asyncio.to_thread(self._verify, version)
-        if path is None:
-            message = "its files changed since registration (sha256 mismatch)"
+        try:
+            return await asyncio.to_thread(self._verify, version)
+        except (InvalidRequest, OSError) as exc:
+            # The files moved, vanished or changed since registration: never load them.
+            message = exc.message if isinstance(exc, InvalidRequest) else str(exc)
             self._metrics.adapter_load_failures.labels("-", "changed").inc()
             await self._mark_failed(version, message)
-            raise AdapterLoadFailed(f"{version.ref} cannot be loaded: {message}")
-        return path
+            raise AdapterLoadFailed(f"{version.ref} cannot be loaded: {message}") from exc
 
-    def _verify(self, version: AdapterVersion) -> str | None:
-        """The absolute path if the files still hash to the registered sha256 (else None)."""
+    def _verify(self, version: AdapterVersion) -> str:
+        """The absolute path, once the files still hash to the registered sha256."""
         directory = confine(self._root, version.path.as_posix())
+        # Every hashed file: a weights file rewritten in place must be hashed again.
         stats = tuple(
             (s.st_size, s.st_mtime_ns, s.st_ino, s.st_dev)
-            for s in (directory.joinpath(n).stat() for n in ("adapter_config.json",))
+            for s in (directory.joinpath(n).stat() for n in CONTENT_FILES)
         )
-        signature = (str(directory), stats[0])
+        signature = (str(directory), stats)
         if self._verified.get(version.engine_name) == signature:
             return str(directory)
         if content_sha256(directory) != version.sha256:
-            return None
+            raise InvalidRequest("its files changed since registration (sha256 mismatch)")
         self._verified[version.engine_name] = signature
         return str(directory)
 
@@ -318,11 +328,21 @@ class AdapterLifecycle:
             await self.refresh()
             try:
                 await self.pool.load_everywhere(_engine_name(row))
-            except AdapterLoadFailed:
-                raise
-            except GatewayError:
-                back = previous if previous in SERVABLE else VersionState.REGISTERED
-                await self._set(row, back, actor, "the load did not finish")
+            except GatewayError as exc:
+                # A refused load already marked the version failed; either way the pin
+                # this call asked for goes too, so a failed call leaves no half of itself.
+                if pin and not row.pinned:
+                    await asyncio.to_thread(
+                        self.registry.set_pinned,
+                        name,
+                        version,
+                        False,
+                        actor=actor,
+                        reason="the load did not finish",
+                    )
+                if not isinstance(exc, AdapterLoadFailed):
+                    back = previous if previous in SERVABLE else VersionState.REGISTERED
+                    await self._set(row, back, actor, "the load did not finish")
                 await self.refresh()
                 raise
             row = await self._set(row, VersionState.READY, actor, reason)
@@ -363,6 +383,9 @@ class AdapterLifecycle:
         """Stop serving a version for good and unload it once no request uses it."""
         with self._counted("retire"):
             row = await asyncio.to_thread(self.registry.version, name, version)
+            if row.state == VersionState.RETIRED:
+                # `set_state` treats the same state as a no-op; retiring twice is a mistake.
+                raise Conflict(f"{row_ref(row)} is retired already", param="version")
             row = await self._set(row, VersionState.RETIRED, actor, reason)
             await self.refresh()
             await self.pool.remove_everywhere(_engine_name(row))

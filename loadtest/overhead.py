@@ -29,6 +29,7 @@ from rich.console import Console
 from rich.table import Table
 from starlette.applications import Starlette
 
+from gateway.testing.adapters import TINY_BASE_CONFIG, write_adapter
 from gateway.testing.fake_vllm import FakeEngineState, create_fake_vllm
 from loadtest.common import (
     BIN_DIR,
@@ -130,14 +131,16 @@ def _table(name: str, result: dict[str, Any]) -> Table:
 
 
 def _gateway_env(fake_url: str, root: Path) -> dict[str, str]:
-    adapter_dir = root / "adapters" / ADAPTER / "v1"
-    adapter_dir.mkdir(parents=True, exist_ok=True)
-    # The fake engine never reads it; the gateway only needs the file to exist.
-    (adapter_dir / "adapter_config.json").write_text('{"r": 8, "peft_type": "LORA"}')
+    # A tiny synthetic base and adapter: the fake engine never reads them, but the gateway
+    # validates and registers the adapter like any other at its first start.
+    write_adapter(root / "adapters" / ADAPTER / "v1")
+    (root / "model").mkdir()
+    (root / "model" / "config.json").write_text(json.dumps(TINY_BASE_CONFIG))
     return child_env(
         {
             "GATEWAY_UPSTREAM_URLS": json.dumps([fake_url]),
             "GATEWAY_BASE_MODEL_NAME": BASE_MODEL,
+            "GATEWAY_ENGINE__MODEL_DIR": str(root / "model"),
             "GATEWAY_ADAPTER_ROOT": str(root / "adapters"),
             "GATEWAY_CACHE_DIR": str(root / "cache"),
             "GATEWAY_STATE_DIR": str(root / "state"),

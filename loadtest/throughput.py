@@ -181,11 +181,15 @@ def _engine_spec(
     )
 
 
-def _gateway_env(engine_url: str, adapter_root: Path, work_dir: Path) -> dict[str, str]:
+def _gateway_env(
+    engine_url: str, model_dir: Path, adapter_root: Path, work_dir: Path
+) -> dict[str, str]:
     return child_env(
         {
             "GATEWAY_UPSTREAM_URLS": json.dumps([engine_url]),
             "GATEWAY_BASE_MODEL_NAME": SERVED_NAME,
+            # The gateway validates adapters against the served model's shapes.
+            "GATEWAY_ENGINE__MODEL_DIR": str(model_dir),
             "GATEWAY_ADAPTER_ROOT": str(adapter_root),
             "GATEWAY_CACHE_DIR": str(work_dir / "cache"),
             "GATEWAY_STATE_DIR": str(work_dir / "state"),
@@ -323,11 +327,11 @@ def run(plan: Plan) -> dict[str, Any]:
         gateway = spawn(
             [str(BIN_DIR / "lora-gateway"), "serve", "--port", str(plan.gateway_port)],
             gateway_log,
-            _gateway_env(engine_url, adapter_root, work_dir),
+            _gateway_env(engine_url, plan.model_dir, adapter_root, work_dir),
             plan.client_cores,
         )
         stack.callback(stop, gateway)
-        # Ready means the engine answered a health check and took every adapter.
+        # Ready means the engine answered a health check (adapters load on first use).
         wait_ok(f"{gateway_url}/readyz", gateway, 180.0, gateway_log)
         order = run_order(plan.rounds)
         for case in _cases(gateway_url, plan.adapter_model):

@@ -8,7 +8,7 @@ send: with an event every few milliseconds that is soon enough, and cheaper.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -23,8 +23,12 @@ class RelayResponse(Response):
         status_code: int,
         media_type: str,
         headers: Mapping[str, str],
+        on_close: Callable[[], None] | None = None,
     ) -> None:
         self.chunks = chunks
+        # Runs after the relay whether or not it started (a generator that never started
+        # runs no `finally` of its own).
+        self.on_close = on_close
         self.status_code = status_code
         self.media_type = media_type
         self.background = None
@@ -51,8 +55,12 @@ class RelayResponse(Response):
         finally:
             watcher.cancel()
             aclose = getattr(self.chunks, "aclose", None)
-            if aclose is not None:
-                await aclose()
+            try:
+                if aclose is not None:
+                    await aclose()
+            finally:
+                if self.on_close is not None:
+                    self.on_close()
 
 
 async def _wait_for_disconnect(receive: Receive) -> None:

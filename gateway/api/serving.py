@@ -68,11 +68,13 @@ class OpenAIService:
             return Response(
                 reply.body, status_code=reply.status, media_type=reply.content_type, headers=headers
             )
+        end = _StreamEnd(self, reply, lease, endpoint, target, started)
         return RelayResponse(
-            self._relay(reply, lease, endpoint, target, started, request_id),
+            self._relay(reply, end, request_id),
             status_code=reply.status,
             media_type=reply.content_type,
             headers={**headers, "cache-control": "no-cache", "x-accel-buffering": "no"},
+            on_close=end.finish,
         )
 
     async def _send(
@@ -100,39 +102,66 @@ class OpenAIService:
         raise AssertionError("unreachable")
 
     async def _relay(
-        self,
-        reply: UpstreamReply,
-        lease: Lease,
-        endpoint: str,
-        target: Target,
-        started: float,
-        request_id: str,
+        self, reply: UpstreamReply, end: _StreamEnd, request_id: str
     ) -> AsyncIterator[bytes]:
         assert reply.stream is not None
-        status = reply.status
+        end.status = reply.status
         first = True
         try:
             async for chunk in reply.stream:
                 if first:
                     first = False
+                    target = end.target
                     self._metrics.time_to_first_token.labels(
-                        endpoint, target.adapter_label, target.version_label
-                    ).observe(time.perf_counter() - started)
+                        end.endpoint, target.adapter_label, target.version_label
+                    ).observe(time.perf_counter() - end.started)
                 yield chunk
         except GatewayError as exc:
             # Headers are gone already: end the stream with an error event, then close.
-            status = exc.status_code
+            end.status = exc.status_code
             log.warning("request %s: stream failed: %s", request_id, exc.message)
             yield sse_error(exc)
         finally:
-            lease.release()
-            self._metrics.in_flight.dec()
-            self._record(endpoint, target, status, started)
+            end.finish()
 
     def _record(self, endpoint: str, target: Target, status: int, started: float) -> None:
         labels = (endpoint, target.adapter_label, target.version_label, status_class(status))
         self._metrics.requests.labels(*labels).inc()
         self._metrics.request_duration.labels(*labels).observe(time.perf_counter() - started)
+
+
+class _StreamEnd:
+    """A streamed request's bookkeeping, done exactly once: when the relay ends, or when the
+    response closes without ever starting it (the client left before the headers went)."""
+
+    def __init__(
+        self,
+        service: OpenAIService,
+        reply: UpstreamReply,
+        lease: Lease,
+        endpoint: str,
+        target: Target,
+        started: float,
+    ) -> None:
+        self.service = service
+        self.reply = reply
+        self.lease = lease
+        self.endpoint = endpoint
+        self.target = target
+        self.started = started
+        # Until the relay says otherwise: the client went away before anything was sent.
+        self.status = 499
+        self._done = False
+
+    def finish(self) -> None:
+        """Release the engine connection and the adapter, and record the request."""
+        if self._done:
+            return
+        self._done = True
+        self.reply.close()
+        self.lease.release()
+        self.service._metrics.in_flight.dec()
+        self.service._record(self.endpoint, self.target, self.status, self.started)
 
 
 def _failure_status(exc: BaseException) -> int:

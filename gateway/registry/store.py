@@ -94,9 +94,16 @@ class Registry:
                     AdapterVersionRow.adapter_id == adapter.id
                 )
             )
+            # A deleted version leaves only its audit events; its number still means those
+            # files to clients and to the trail, so it is never handed out again.
+            issued = session.scalar(
+                select(func.max(AuditEvent.version)).where(
+                    AuditEvent.adapter == name, AuditEvent.action == "register"
+                )
+            )
             row = AdapterVersionRow(
                 adapter=adapter,
-                version=(newest or 0) + 1,
+                version=max(newest or 0, issued or 0) + 1,
                 path=spec.path,
                 sha256=spec.sha256,
                 base_model=spec.base_model,

@@ -11,16 +11,14 @@ from safetensors.numpy import save_file
 from gateway.registry.validation import BaseModelInfo
 
 # A tiny Llama-shaped base: hidden 8, 2 heads of 4 (1 KV head), MLP 16, 2 layers.
-TINY_BASE = BaseModelInfo.from_config(
-    "tiny",
-    {
-        "hidden_size": 8,
-        "num_attention_heads": 2,
-        "num_key_value_heads": 1,
-        "intermediate_size": 16,
-        "num_hidden_layers": 2,
-    },
-)
+TINY_BASE_CONFIG = {
+    "hidden_size": 8,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 1,
+    "intermediate_size": 16,
+    "num_hidden_layers": 2,
+}
+TINY_BASE = BaseModelInfo.from_config("tiny", TINY_BASE_CONFIG)
 MODULES = ("q_proj", "v_proj", "down_proj")
 
 
@@ -56,3 +54,25 @@ def write_adapter(
             tensors[f"{prefix}.lora_B.weight"] = np.zeros((fan_out, rank), dtype=np.float32)
     save_file(tensors, str(directory / "adapter_model.safetensors"))
     return directory
+
+
+def copy_adapter(source: Path, target: Path, tag: str) -> Path:
+    """Copy a peft adapter directory, giving it new content with the same weights.
+
+    `tag` goes into the safetensors header's `__metadata__`, so the copy hashes differently
+    (a new version when registered) but behaves exactly like the source.
+    """
+    target.mkdir(parents=True)
+    for file in source.iterdir():
+        if file.is_file() and file.name != "adapter_model.safetensors":
+            (target / file.name).write_bytes(file.read_bytes())
+    raw = (source / "adapter_model.safetensors").read_bytes()
+    size = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + size])
+    header["__metadata__"] = {**header.get("__metadata__", {}), "copy": tag}
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    # The data section must start 8-byte aligned; pad the header with spaces as writers do.
+    encoded += b" " * (-len(encoded) % 8)
+    blob = len(encoded).to_bytes(8, "little") + encoded + raw[8 + size :]
+    (target / "adapter_model.safetensors").write_bytes(blob)
+    return target

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +36,19 @@ class FakeEngineState:
     keep_records: bool = True
     # Drop the connection after this many stream events, like an engine that dies.
     break_after_chunks: int | None = None
+    # `/v1/load_lora_adapter` calls per adapter name (refused ones too).
+    load_calls: Counter[str] = field(default_factory=Counter)
+    load_delay_s: float = 0.0
+    # Anything but 200 refuses every load with this status, like a vLLM that cannot load.
+    load_status: int = 200
+    unload_calls: Counter[str] = field(default_factory=Counter)
+    # An unloading LoRA keeps serving until the unload finishes, as in vLLM.
+    unload_delay_s: float = 0.0
+
+    def restart(self) -> None:
+        """Forget every LoRA and answer `/health` with 503 until `healthy` is set again."""
+        self.loras.clear()
+        self.healthy = False
 
 
 def _served(state: FakeEngineState) -> set[str]:
@@ -55,6 +69,12 @@ def create_fake_vllm(state: FakeEngineState | None = None) -> Starlette:
     async def load_lora(request: Request) -> Response:
         body = await request.json()
         name = body["lora_name"]
+        state.load_calls[name] += 1
+        if state.load_delay_s:
+            await asyncio.sleep(state.load_delay_s)
+        if state.load_status != 200:
+            message = f"fake engine cannot load {name}"
+            return JSONResponse(_error(message, state.load_status), state.load_status)
         if name in state.loras:
             return JSONResponse(_error(f"adapter {name} already loaded", 400), status_code=400)
         state.loras[name] = body["lora_path"]
@@ -62,6 +82,9 @@ def create_fake_vllm(state: FakeEngineState | None = None) -> Starlette:
 
     async def unload_lora(request: Request) -> Response:
         body = await request.json()
+        state.unload_calls[body["lora_name"]] += 1
+        if state.unload_delay_s:
+            await asyncio.sleep(state.unload_delay_s)
         state.loras.pop(body["lora_name"], None)
         return Response("ok")
 

@@ -246,9 +246,11 @@ class UpstreamPool:
             # The engine came back: restore what this gateway had there, oldest first.
             earlier = residency.resident
         else:
-            # This gateway just started: keep what the engine still holds, then what the
-            # registry wants resident.
-            earlier = [n for n in served if n in servable] + list(reversed(self.source.wanted()))
+            # This gateway just started: what the engine still holds counts as most recently
+            # used (kept first, no reload), before what the registry wants resident.
+            rank = {n: i for i, n in enumerate(reversed(self.source.wanted()))}
+            held = sorted((n for n in served if n in servable), key=lambda n: rank.get(n, -1))
+            earlier = [n for n in rank if n not in served] + held
         room = residency.capacity - len(pinned)
         others = list(dict.fromkeys(n for n in earlier if n in servable and n not in pinned))
         desired = others[max(0, len(others) - room) :] + pinned
@@ -263,8 +265,14 @@ class UpstreamPool:
                 continue
             try:
                 await residency.ensure(name)
-            except (AdapterLoadFailed, NoRoom) as exc:
+            except NoRoom as exc:
                 log.error("upstream %s: restoring %s failed: %s", replica.url, name, exc.message)
+            except UpstreamUnavailable:
+                raise
+            except Exception as exc:
+                # One version that cannot come back (refused, its files gone) must not keep
+                # the replica out of rotation, nor stop the others from being restored.
+                log.error("upstream %s: restoring %s failed: %r", replica.url, name, exc)
         replica.adopted = True
         self._count_resident(replica)
         log.info("upstream %s holds %s", replica.url, residency.resident)
@@ -324,7 +332,11 @@ class UpstreamPool:
 
     async def _loop(self, interval_s: float) -> None:
         while True:
-            await self.check_all()
+            try:
+                await self.check_all()
+            except Exception:
+                # The loop is what brings replicas back: it must outlive any one failure.
+                log.exception("health check failed")
             self._changed.clear()
             # Re-probe at once after a replica was marked down by a failed request.
             with contextlib.suppress(TimeoutError):

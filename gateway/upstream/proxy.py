@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -32,6 +32,8 @@ class UpstreamReply:
     content_type: str
     body: bytes = b""
     stream: AsyncIterator[bytes] | None = None
+    # Releases a stream's connection; runs once, also when the stream was never iterated.
+    close: Callable[[], None] = lambda: None
 
 
 class EngineProxy:
@@ -93,12 +95,28 @@ class EngineProxy:
                 response.release()
                 replica.in_flight -= 1
             return UpstreamReply(response.status, content_type, body=body)
+        closed = False
+
+        def close() -> None:
+            nonlocal closed
+            if not closed:
+                closed = True
+                response.close()
+                replica.in_flight -= 1
+
         return UpstreamReply(
-            response.status, content_type, stream=self._relay(response, replica, request_id)
+            response.status,
+            content_type,
+            stream=self._relay(response, replica, request_id, close),
+            close=close,
         )
 
     async def _relay(
-        self, response: aiohttp.ClientResponse, replica: Replica, request_id: str
+        self,
+        response: aiohttp.ClientResponse,
+        replica: Replica,
+        request_id: str,
+        close: Callable[[], None],
     ) -> AsyncIterator[bytes]:
         """Yield whole SSE events as they arrive; a failure raises a gateway error."""
         pending = b""
@@ -118,8 +136,7 @@ class EngineProxy:
         except BaseException as exc:
             raise self._translate(exc, replica, request_id) from exc
         finally:
-            response.close()
-            replica.in_flight -= 1
+            close()
 
     def _translate(self, exc: BaseException, replica: Replica, request_id: str) -> BaseException:
         if isinstance(exc, aiohttp.ConnectionTimeoutError | aiohttp.ClientConnectorError):

@@ -94,8 +94,10 @@ class Residency:
                 return True
             if self._busy.get(name):
                 return False
-            await self._unload(name)
+            # Forgotten before the unload's await: a request arriving meanwhile loads it
+            # again rather than use a version the engine is dropping.
             del self._resident[name]
+            await self._unload(name)
             return True
 
     def mark_resident(self, name: str) -> None:
@@ -148,14 +150,16 @@ class Residency:
         return True
 
     async def _evict_one(self) -> None:
-        for victim in self._resident:
-            if victim not in self._pinned and not self._busy.get(victim):
-                await self._unload(victim)
-                del self._resident[victim]
-                self.evictions += 1
-                if self._on_evict is not None:
-                    self._on_evict(victim)
-                return
-        raise NoRoom(
-            f"all {self.capacity} adapter slots hold pinned or busy versions; retry shortly"
+        victim = next(
+            (n for n in self._resident if n not in self._pinned and not self._busy.get(n)), None
         )
+        if victim is None:
+            raise NoRoom(
+                f"all {self.capacity} adapter slots hold pinned or busy versions; retry shortly"
+            )
+        # Forgotten first, as in `remove`.
+        del self._resident[victim]
+        await self._unload(victim)
+        self.evictions += 1
+        if self._on_evict is not None:
+            self._on_evict(victim)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from fastapi import FastAPI
 
 from gateway.app import create_app
 from gateway.config import Settings
@@ -156,3 +157,50 @@ async def test_client_disconnect_stops_reading_the_engine(
     # The relay stopped long before the engine's 2.5 s stream would have ended.
     assert metrics.in_flight._value.get() == 0
     assert time.perf_counter() - started < 2.0
+
+
+async def test_a_stream_whose_headers_cannot_be_sent_releases_its_engine_and_adapter(
+    app: FastAPI, metrics: Metrics
+) -> None:
+    # The client is gone before the response starts: the relay generator never runs, yet
+    # the engine connection, the adapter lease and the in-flight gauge must all be released.
+    body = json.dumps(CHAT).encode()
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/chat/completions",
+        "raw_path": b"/v1/chat/completions",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"content-type", b"application/json"), (b"host", b"gw")],
+        "client": ("127.0.0.1", 40000),
+        "server": ("gw", 80),
+    }
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive() -> dict[str, object]:
+        if messages:
+            return messages.pop(0)
+        await asyncio.sleep(0.05)
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, object]) -> None:
+        if message["type"] == "http.response.start":
+            raise OSError("the client went away")
+
+    await app(scope, receive, send)
+
+    replica = app.state.pool.replicas[0]
+    assert replica.in_flight == 0
+    assert replica.residency.busy("pirate--v2") == 0
+    assert metrics.registry.get_sample_value("gateway_requests_in_flight") == 0
+    recorded = {"endpoint": "/v1/chat/completions", "adapter": "pirate", "version": "2"}
+    assert (
+        metrics.registry.get_sample_value(
+            "gateway_requests_total", {**recorded, "status_class": "4xx"}
+        )
+        == 1
+    )
