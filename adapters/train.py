@@ -62,7 +62,8 @@ class TrainConfig:
     seed: int = 0
     threads: int = 2
     # bf16 matmuls under autocast (LoRA weights and optimizer stay float32): about twice
-    # as fast on CPUs with AVX512-BF16/AMX, same loss curve.
+    # as fast on CPUs with AVX512-BF16/AMX, same loss curve. Only used where the CPU has
+    # native bf16: elsewhere (e.g. AVX2-only CPUs) emulated bf16 is many times slower.
     bf16_autocast: bool = True
 
     def to_dict(self) -> dict[str, Any]:
@@ -165,6 +166,15 @@ def _lr_factor(step: int, config: TrainConfig) -> float:
     return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX)."""
+    try:
+        flags = set(cpuinfo.read_text().split())
+    except OSError:
+        return False
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
 def _fit(
     base_dir: Path, examples: Sequence[Example], config: TrainConfig, tmp: Path
 ) -> TrainResult:
@@ -194,6 +204,8 @@ def _fit(
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, config))
 
+    autocast = config.bf16_autocast and native_bf16()
+    log.info("training with %s matmuls", "bf16" if autocast else "float32")
     losses: list[float] = []
     started = time.perf_counter()
     batches = _batches(len(encoded), config.batch_size, config.seed)
@@ -207,7 +219,7 @@ def _fit(
             input_ids[row, : len(ids)] = torch.tensor(ids)
             labels[row, : len(labs)] = torch.tensor(labs)
             attention[row, : len(ids)] = 1
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16_autocast):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             out = model(input_ids=input_ids, attention_mask=attention, labels=labels)
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

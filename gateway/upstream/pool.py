@@ -232,6 +232,8 @@ class UpstreamPool:
         if up != replica.healthy:
             log.info("upstream %s is %s", replica.url, "up" if up else "down")
         replica.healthy = up
+        if up:
+            replica.last_error = None
         self._metrics.upstream_healthy.labels(replica.url).set(1 if up else 0)
 
     async def reconcile(self, replica: Replica) -> None:
