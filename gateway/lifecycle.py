@@ -178,7 +178,9 @@ class AdapterLifecycle:
             command = RegisterCommand(found.name, relative, reason="found under the adapter root")
             with contextlib.suppress(InvalidRequest):
                 registration = await self.register(command, actor=f"{SYSTEM}:seed", refresh=False)
-                log.info("registered %s from %s", registration.version.version, relative)
+                log.info(
+                    "registered %s@%s from %s", found.name, registration.version.version, relative
+                )
 
     # -- the pool's adapter source ------------------------------------------------------
 

@@ -152,7 +152,7 @@ class UpstreamPool:
             if not replica.healthy:
                 continue
             key = (
-                adapter is not None and adapter not in replica.residency.resident,
+                adapter is not None and not replica.residency.holds(adapter),
                 replica.in_flight,
             )
             if best_key is None or key < best_key:
@@ -164,8 +164,7 @@ class UpstreamPool:
     async def lease(self, adapter: str | None) -> Lease:
         """Pick a replica for a request and make `adapter` resident there (loading it)."""
         replica = self.pick(adapter)
-        if adapter is not None:
-            await replica.residency.acquire(adapter)
+        if adapter is not None and await replica.residency.acquire(adapter):
             self._count_resident(replica)
         return Lease(replica, adapter)
 

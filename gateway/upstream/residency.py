@@ -58,6 +58,10 @@ class Residency:
         """Resident versions, least recently used first."""
         return list(self._resident)
 
+    def holds(self, name: str) -> bool:
+        """Whether `name` is resident (no list built: this is on the request path)."""
+        return name in self._resident
+
     @property
     def pinned(self) -> frozenset[str]:
         """Versions never evicted."""
@@ -119,11 +123,12 @@ class Residency:
             self.mark_resident(name)
             return True
 
-    async def acquire(self, name: str) -> None:
-        """Load `name` if needed and keep it from eviction until `release(name)`."""
+    async def acquire(self, name: str) -> bool:
+        """Load `name` if needed and keep it from eviction until `release(name)`; True if
+        this call loaded it."""
         self._busy[name] = self._busy.get(name, 0) + 1
         try:
-            await self.ensure(name)
+            return await self.ensure(name)
         except BaseException:
             self.release(name)
             raise
