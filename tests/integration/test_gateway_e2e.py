@@ -180,8 +180,12 @@ def test_engine_killed_mid_stream_ends_stream_then_recovers(
     assert error and isinstance(error[0], openai.APIError), error
     assert len(received) < 900
 
-    # The gateway restarts its engine and serves again with no manual step.
+    # The gateway restarts its engine and serves again with no manual step. Ready means
+    # reconciled: every adapter it held is back before any request asks for it.
     gateway.wait_ready(timeout_s=600)
+    adapters = httpx.get(f"{gateway.url}/admin/adapters", timeout=10).json()["data"]
+    resident = {v["ref"] for a in adapters for v in a["versions"] if v["resident_on"]}
+    assert resident == {f"{name}@1" for name in ADAPTERS}
     assert "Paris" in chat(client, BASE_NAME, "What is the capital of France?")
     assert classify_style(chat(client, "pirate", "Tell me about snow.")) == "pirate"
     metrics = httpx.get(f"{gateway.url}/metrics", timeout=10).text
