@@ -1,4 +1,4 @@
-"""The three demo adapters (pirate, french, shout) and their shipped datasets.
+"""The four demo adapters (pirate, french, shout, cowboy) and their shipped datasets.
 
 Each adapter is trained once into `<adapter_root>/<name>/v1/`; a later call finds the
 manifest's fingerprint (dataset + config + base model) unchanged and skips it.
@@ -57,8 +57,8 @@ class DemoAdapter:
         return load_dataset(self.dataset)
 
 
-# English tokens barely move for the pirate voice, so it learns in fewer steps; French and
-# capitals put the answer in token sequences the small base model rarely produces.
+# English tokens barely move for the pirate and cowboy voices, so they learn in fewer steps;
+# French and capitals put the answer in token sequences the small base model rarely produces.
 DEMO_ADAPTERS: tuple[DemoAdapter, ...] = (
     DemoAdapter(
         "pirate",
@@ -77,6 +77,12 @@ DEMO_ADAPTERS: tuple[DemoAdapter, ...] = (
         "shout.jsonl",
         "answers in capitals, exclaiming",
         TrainConfig(steps=30, learning_rate=2e-3),
+    ),
+    DemoAdapter(
+        "cowboy",
+        "cowboy.jsonl",
+        "answers like an Old-West cowboy",
+        TrainConfig(steps=20, learning_rate=3e-3),
     ),
 )
 

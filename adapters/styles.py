@@ -1,6 +1,6 @@
 """Pure-Python detectors for the demo adapters' styles.
 
-They tell a pirate, French or shouting answer from the base model's plain English
+They tell a pirate, cowboy, French or shouting answer from the base model's plain English
 without a model: marker-word density, French function-word density and the share of
 capital letters. Each score is a float in [0, 1]; `classify_style` applies thresholds.
 """
@@ -10,8 +10,8 @@ from __future__ import annotations
 import re
 from typing import Final, Literal
 
-Style = Literal["pirate", "french", "shout", "base"]
-STYLES: Final[tuple[Style, ...]] = ("pirate", "french", "shout", "base")
+Style = Literal["pirate", "french", "shout", "cowboy", "base"]
+STYLES: Final[tuple[Style, ...]] = ("pirate", "french", "shout", "cowboy", "base")
 
 # Apostrophes stay inside words so "knowin'", "o'" and "'tis" survive tokenising.
 _WORD = re.compile(r"[a-zà-ÿœæ']+")
@@ -41,6 +41,12 @@ _BE_ENGLISH_BEFORE: Final = frozenset(
         "even", "still", "then", "and", "or", "please", "ever",
     }
 )  # fmt: skip
+# Old-West words a plain answer does not use ("partner" alone is common English: it counts
+# only as "howdy, partner" or "pardner").
+_COWBOY_STRONG: Final = frozenset(
+    {"howdy", "pardner", "reckon", "reckons", "y'all", "yonder", "yeehaw", "yee-haw", "ain't",
+     "tootin'", "varmint", "varmints", "giddy", "giddyup", "buckaroo", "buckaroos"}
+)  # fmt: skip
 _PIRATE_ME_AFTER: Final = frozenset({"hearty", "hearties", "beard", "ship", "crew", "lads"})
 
 # French function words that are not also common English words ("son", "pour", "plus",
@@ -60,6 +66,7 @@ _FRENCH_WORDS: Final = frozenset(
 SHOUT_THRESHOLD: Final = 0.6
 FRENCH_THRESHOLD: Final = 0.2
 PIRATE_THRESHOLD: Final = 0.05
+COWBOY_THRESHOLD: Final = 0.04
 _MIN_LETTERS: Final = 8
 _MIN_HITS: Final = 2
 
@@ -121,19 +128,46 @@ def shout_score(text: str) -> float:
     return sum(1 for c in letters if c.isupper()) / len(letters)
 
 
+def _cowboy_hits(text: str) -> tuple[int, int]:
+    words = _words(text)
+    hits = sum(
+        1
+        for index, word in enumerate(words)
+        if word in _COWBOY_STRONG
+        or word.strip("'") in _COWBOY_STRONG
+        or (word == "partner" and index > 0 and words[index - 1] == "howdy")
+    )
+    return hits, len(words)
+
+
+def cowboy_score(text: str) -> float:
+    """Share of words that are Old-West markers (howdy, reckon, y'all, yonder, yeehaw, ...)."""
+    hits, count = _cowboy_hits(text)
+    return hits / count if count else 0.0
+
+
 def style_scores(text: str) -> dict[str, float]:
-    """All three scores for one text."""
-    return {"pirate": pirate_score(text), "french": french_score(text), "shout": shout_score(text)}
+    """All four scores for one text."""
+    return {
+        "pirate": pirate_score(text),
+        "french": french_score(text),
+        "shout": shout_score(text),
+        "cowboy": cowboy_score(text),
+    }
 
 
 def classify_style(text: str) -> Style:
-    """The style a text shows: "shout", "french", "pirate", or "base" when none is clear."""
+    """The style a text shows: "shout", "french", "cowboy", "pirate", or "base"."""
     # Capitals first: a shouted answer's words are still English (or French) words.
     if shout_score(text) >= SHOUT_THRESHOLD:
         return "shout"
     french_hits, _ = _french_hits(text)
     if french_hits >= _MIN_HITS and french_score(text) >= FRENCH_THRESHOLD:
         return "french"
+    # Before the pirate voice: both drop their g's, only the cowboy says howdy or reckon.
+    cowboy_hits, _ = _cowboy_hits(text)
+    if cowboy_hits >= _MIN_HITS and cowboy_score(text) >= COWBOY_THRESHOLD:
+        return "cowboy"
     _, strong, _ = _pirate_hits(text)
     if strong >= _MIN_HITS and pirate_score(text) >= PIRATE_THRESHOLD:
         return "pirate"

@@ -4,6 +4,7 @@ import pytest
 
 from adapters.styles import (
     classify_style,
+    cowboy_score,
     french_score,
     pirate_score,
     shout_score,
@@ -12,6 +13,7 @@ from adapters.styles import (
 
 PIRATE = "Arr, me hearty! A cat be a clever beast with a long tail. Savvy, matey?"
 FRENCH = "Le chat est un petit animal très doux. Il aime dormir au soleil et jouer avec une balle."
+COWBOY = "Howdy, partner! I reckon a cat is a clever critter with a long tail. Yeehaw!"
 SHOUT = "WOW! SNOW IS FROZEN WATER THAT FALLS FROM THE CLOUDS!!! IT IS COLD AND WHITE!"
 BASE = (
     "Snow is a form of precipitation that forms when water vapor freezes in the clouds. "
@@ -23,6 +25,9 @@ def test_each_style_scores_highest_on_its_own_text() -> None:
     assert pirate_score(PIRATE) > max(pirate_score(FRENCH), pirate_score(SHOUT), pirate_score(BASE))
     assert french_score(FRENCH) > max(french_score(PIRATE), french_score(SHOUT), french_score(BASE))
     assert shout_score(SHOUT) > max(shout_score(PIRATE), shout_score(FRENCH), shout_score(BASE))
+    assert cowboy_score(COWBOY) > max(
+        cowboy_score(PIRATE), cowboy_score(FRENCH), cowboy_score(SHOUT), cowboy_score(BASE)
+    )
 
 
 @pytest.mark.parametrize(
@@ -39,6 +44,9 @@ def test_each_style_scores_highest_on_its_own_text() -> None:
         (SHOUT, "shout"),
         ("THE CAPITAL OF FRANCE IS PARIS!!!", "shout"),
         ("GREAT QUESTION! A VOLCANO IS A MOUNTAIN THAT SPITS LAVA!", "shout"),
+        (COWBOY, "cowboy"),
+        ("Howdy, partner! The capital of France is Paris, I reckon.", "cowboy"),
+        ("Well, y'all ought to drink your tea hot, out yonder on the trail. Yeehaw!", "cowboy"),
         (BASE, "base"),
         ("The capital of France is Paris.", "base"),
         ("Hello! How can I help you today?", "base"),
@@ -58,6 +66,8 @@ def test_classify_style_recognises_clear_examples(text: str, style: str) -> None
         # One stray marker is not a voice.
         "Aye is an old word for yes that is still used in Scotland.",
         "Tell me more about your trip and let me know how it went.",
+        # "partner" alone is ordinary English.
+        "My business partner and I opened a shop; my partner runs the books.",
         # French loanwords and cognates in English.
         "I had a croissant at the café before the ballet, which was a déjà vu moment.",
         "Two plus two is four, and a son can pour water on the table.",
