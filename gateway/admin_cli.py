@@ -79,11 +79,16 @@ def _request(
     *,
     body: Json | None = None,
     params: Json | None = None,
+    content: bytes | None = None,
+    content_type: str | None = None,
 ) -> httpx.Response:
     """Call the admin API; on any failure print why and exit 1."""
+    headers = {"content-type": content_type} if content_type else None
     try:
         with _client(url, key) as client:
-            response = client.request(method, path, json=body, params=params)
+            response = client.request(
+                method, path, json=body, params=params, content=content, headers=headers
+            )
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
         _fail(f"cannot reach the gateway at {url}: {str(exc) or type(exc).__name__}")
     if response.is_error:

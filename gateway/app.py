@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import httpx
 from fastapi import FastAPI
 
-from gateway.api import admin, health, openai
+from gateway.api import admin, health, openai, routes_admin
 from gateway.api.auth import ApiKeyMiddleware, KeyRing, describe_open_mode
 from gateway.api.errors import install_error_handlers
 from gateway.api.middleware import RequestContextMiddleware
@@ -22,6 +22,7 @@ from gateway.registry.database import make_engine, session_factory, upgrade
 from gateway.registry.store import Registry
 from gateway.registry.validation import BaseModelInfo
 from gateway.routing.catalog import CatalogView, ModelCatalog
+from gateway.routing.router import AutoRouter
 from gateway.upstream.launcher import EngineProcess, EngineSpec, engine_plugin_env
 from gateway.upstream.pool import UpstreamPool
 from gateway.upstream.proxy import EngineProxy
@@ -41,8 +42,9 @@ def create_app(
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     database = make_engine(settings.resolved_database_url)
     catalogs = CatalogView(ModelCatalog(settings.base_model_name))
+    registry = Registry(session_factory(database))
     lifecycle = AdapterLifecycle(
-        Registry(session_factory(database)),
+        registry,
         adapter_root=settings.resolved_adapter_root,
         base=BaseModel(
             settings.base_model_name, settings.base_model_id, base_info or _base_info(settings)
@@ -59,6 +61,7 @@ def create_app(
         settings.upstreams, client, metrics, capacity=settings.max_resident_adapters
     )
     lifecycle.attach(pool)
+    router = AutoRouter(registry, catalogs, settings.routing, metrics, cache_dir=settings.cache_dir)
     keyring = KeyRing.from_settings(settings)
     proxy = EngineProxy(
         pool,
@@ -74,6 +77,8 @@ def create_app(
             log.warning("%s", line)
         await asyncio.to_thread(upgrade, database)
         await lifecycle.start(seed=settings.seed_adapters, poll_s=settings.registry_poll_s)
+        await router.start(settings.routing.table)
+        lifecycle.on_refresh(router.refresh)
         if supervisor is not None:
             await supervisor.start()
         else:
@@ -85,6 +90,7 @@ def create_app(
             yield
         finally:
             await lifecycle.stop()
+            await router.close()
             await pool.stop()
             await proxy.close()
             if supervisor is not None:
@@ -103,11 +109,13 @@ def create_app(
     app.state.metrics = metrics
     app.state.pool = pool
     app.state.lifecycle = lifecycle
-    app.state.service = OpenAIService(catalogs, pool, proxy, metrics)
+    app.state.router = router
+    app.state.service = OpenAIService(catalogs, pool, proxy, metrics, router)
     app.state.supervisor = supervisor
     install_error_handlers(app)
     app.include_router(openai.router)
     app.include_router(admin.router)
+    app.include_router(routes_admin.router)
     app.include_router(health.router)
     # Added first, so it runs inside the request-id middleware (refusals carry the id).
     app.add_middleware(ApiKeyMiddleware, keyring=keyring, metrics=metrics)

@@ -12,11 +12,13 @@ from rich.console import Console
 from gateway.admin_cli import adapters_app, keys_app
 from gateway.api.auth import describe_open_mode
 from gateway.config import Settings
+from gateway.routes_cli import routes_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console()
 app.add_typer(adapters_app, name="adapters")
 app.add_typer(keys_app, name="keys")
+app.add_typer(routes_app, name="routes")
 
 
 def _settings(host: str | None, port: int | None) -> Settings:
@@ -27,7 +29,8 @@ def _settings(host: str | None, port: int | None) -> Settings:
 
 @app.command()
 def prepare() -> None:
-    """Prepare the embedded base model checkpoint and train the demo adapters (once; cached)."""
+    """Prepare the embedded base model checkpoint, train the demo adapters and prepare the
+    `auto` classifier's model (once; cached)."""
     # Everything comes from local packages and files: never ask a model hub.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -44,6 +47,12 @@ def prepare() -> None:
     adapters = ensure_demo_adapters(bf16_dir, settings.resolved_adapter_root)
     for name, path in adapters.items():
         console.print(f"adapter {name}: {path}")
+    from gateway.routing.embedder import packaged_files, prepare_model
+
+    if settings.routing.model_path is None:
+        files = packaged_files()
+        classifier = prepare_model(files.onnx, settings.cache_dir / "classifier", files.sha256)
+        console.print(f"classifier model: {classifier}")
 
 
 @app.command()

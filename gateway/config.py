@@ -59,6 +59,29 @@ class EngineSettings(BaseModel):
     extra_args: list[str] = Field(default_factory=list)
 
 
+class RoutingSettings(BaseModel):
+    """`model: "auto"`: the route table and the embedding classifier."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # The route table a registry without one starts with: a YAML file, or `demo` (the
+    # packaged table for the demo adapters). None: no table until one is put through
+    # `PUT /admin/routes`. Once the registry holds a table, the registry's table is used.
+    table: str | None = None
+    # The embedding model (an ONNX file of all-MiniLM-L6-v2) and its tokenizer.json. None:
+    # the packaged ones, the model prepared once into `<cache_dir>/classifier/`.
+    model_path: Path | None = None
+    tokenizer_path: Path | None = None
+    # Texts are embedded from their first `max_tokens` tokens (bounds the cost of long ones).
+    max_tokens: int = Field(default=128, ge=8, le=256)
+    # Threads of one embedding call (the classifier's share of the CPU).
+    threads: int = Field(default=1, ge=1, le=64)
+    # Concurrent requests embedded in one call at most; texts waiting beyond `max_pending`
+    # go to the default route at once.
+    max_batch: int = Field(default=16, ge=1, le=256)
+    max_pending: int = Field(default=256, ge=1)
+
+
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -127,6 +150,8 @@ class Settings(BaseSettings):
     # one is unloaded to make room. vLLM keeps loaded adapters in CPU memory and swaps them
     # into its `max_loras` batch slots as needed.
     max_resident_adapters: int = Field(default=8, ge=1)
+
+    routing: RoutingSettings = Field(default_factory=RoutingSettings)
 
     # sha256 of the admin key for `/admin` (`lora-gateway keys new` makes one).
     admin_key_sha256: str | None = None

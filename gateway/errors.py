@@ -10,6 +10,7 @@ GatewayError                      500 internal_error
 ├── RouteNotFound                 404 invalid_request_error / not_found
 ├── AdapterNotFound               404 invalid_request_error / adapter_not_found (registry)
 ├── Conflict                      409 invalid_request_error / conflict (registry state)
+├── ClassifierUnavailable         503 classifier_unavailable (the embedding model is missing)
 └── UpstreamError                 502 upstream_error
     ├── UpstreamUnavailable       503 upstream_unavailable (no ready engine, connect failed)
     └── UpstreamTimeout           504 upstream_timeout
@@ -111,6 +112,13 @@ class Conflict(GatewayError):
     status_code = 409
     error_type = "invalid_request_error"
     code = "conflict"
+
+
+class ClassifierUnavailable(GatewayError):
+    """The embedding model of `model: "auto"` could not be loaded."""
+
+    status_code = 503
+    error_type = "classifier_unavailable"
 
 
 class UpstreamError(GatewayError):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,11 +99,16 @@ class AdapterLifecycle:
         self._verified: dict[str, tuple[str, tuple[tuple[int, int, int, int], ...]]] = {}
         self._seen_event = -1
         self._task: asyncio.Task[None] | None = None
+        self._listeners: list[Callable[[], Awaitable[None]]] = []
 
     def attach(self, pool: UpstreamPool) -> None:
         """The pool whose replicas hold the versions."""
         self._pool = pool
         pool.source = self
+
+    def on_refresh(self, listener: Callable[[], Awaitable[None]]) -> None:
+        """Call `listener` after every snapshot rebuild (the registry may have changed)."""
+        self._listeners.append(listener)
 
     @property
     def pool(self) -> UpstreamPool:
@@ -136,6 +141,11 @@ class AdapterLifecycle:
         self._seen_event = seen
         if self._pool is not None:
             self.pool.apply_pins()
+        for listener in self._listeners:
+            try:
+                await listener()
+            except Exception:
+                log.exception("a registry listener failed; it runs again at the next change")
 
     async def start(self, *, seed: bool, poll_s: float) -> None:
         """Recover from a crash, seed an empty registry, build the snapshot, start polling."""

@@ -14,6 +14,12 @@ _LATENCY_BUCKETS = (
 )  # fmt: skip
 
 
+# Classification of `model: "auto"`: tens of microseconds (rules) to tens of milliseconds.
+_CLASSIFY_BUCKETS = (
+    0.0001, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25,
+)  # fmt: skip
+
+
 def status_class(status: int) -> str:
     """`200` → `"2xx"`."""
     return f"{status // 100}xx"
@@ -115,5 +121,37 @@ class Metrics:
             "gateway_rate_limited_total",
             "Requests refused with 429 because a tenant key's rate was used up.",
             ["tenant"],
+            registry=r,
+        )
+        self.route_classify_duration = Histogram(
+            "gateway_route_classify_seconds",
+            "Time to classify one `auto` request (queueing for the embedder included), per "
+            "method (rule, embedding, fallback).",
+            ["method"],
+            buckets=_CLASSIFY_BUCKETS,
+            registry=r,
+        )
+        self.route_decisions = Counter(
+            "gateway_route_decisions_total",
+            "`auto` requests per route they went to and how it was decided.",
+            ["route", "method"],
+            registry=r,
+        )
+        self.route_fallbacks = Counter(
+            "gateway_route_fallbacks_total",
+            "`auto` requests sent to the default route, per reason (low_confidence, "
+            "nearest_default, no_text, overloaded, unavailable, not_allowed).",
+            ["reason"],
+            registry=r,
+        )
+        self.route_embed_batch = Histogram(
+            "gateway_route_embed_batch_size",
+            "Texts embedded together in one model call.",
+            buckets=(1, 2, 4, 8, 16, 32, 64),
+            registry=r,
+        )
+        self.route_table_id = Gauge(
+            "gateway_route_table_id",
+            "The registry id of the route table in use (0: none).",
             registry=r,
         )

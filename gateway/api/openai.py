@@ -11,6 +11,7 @@ from fastapi.responses import Response
 from gateway.api.deps import ServiceDep
 from gateway.api.protocol import ChatCompletionRequest, CompletionRequest
 from gateway.api.serving import OpenAIService
+from gateway.routing.table import AUTO_MODEL
 
 router = APIRouter(prefix="/v1")
 _CREATED = int(time.time())
@@ -38,8 +39,9 @@ router.add_route("/v1/completions", completions, ["POST"], include_in_schema=Fal
 
 
 @router.get("/models")
-async def list_models(service: ServiceDep) -> dict[str, Any]:
-    """The base model, every adapter (newest version) and every pinned `name@version`."""
+async def list_models(service: ServiceDep, request: Request) -> dict[str, Any]:
+    """The base model, every adapter (newest version), every pinned `name@version`, and
+    `auto` while a route table is in use."""
     catalog = service.catalog
     data = []
     for model_id, target in catalog.model_ids():
@@ -52,4 +54,16 @@ async def list_models(service: ServiceDep) -> dict[str, Any]:
             "parent": None if target.adapter is None else catalog.base_model,
         }
         data.append(entry)
+    if request.app.state.router.active is not None:
+        data.insert(
+            1,
+            {
+                "id": AUTO_MODEL,
+                "object": "model",
+                "created": _CREATED,
+                "owned_by": "lora-gateway",
+                "root": AUTO_MODEL,
+                "parent": catalog.base_model,
+            },
+        )
     return {"object": "list", "data": data}

@@ -13,12 +13,15 @@ from fastapi import Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
 
-from gateway.api.auth import check_adapter_allowed, principal_of
+from gateway.api.auth import Principal, check_adapter_allowed, principal_of
 from gateway.api.errors import request_id_of
 from gateway.api.responses import RelayResponse
-from gateway.errors import GatewayError, InvalidRequest, error_body
+from gateway.errors import GatewayError, InvalidRequest, PermissionDenied, error_body
 from gateway.metrics import Metrics, status_class
 from gateway.routing.catalog import CatalogView, ModelCatalog, Target
+from gateway.routing.classifier import Decision
+from gateway.routing.router import AutoRouter
+from gateway.routing.table import AUTO_MODEL
 from gateway.upstream.pool import Lease, UpstreamPool
 from gateway.upstream.proxy import EngineProxy, UpstreamReply
 
@@ -29,12 +32,18 @@ class OpenAIService:
     """The serving path shared by `/v1/chat/completions` and `/v1/completions`."""
 
     def __init__(
-        self, catalogs: CatalogView, pool: UpstreamPool, proxy: EngineProxy, metrics: Metrics
+        self,
+        catalogs: CatalogView,
+        pool: UpstreamPool,
+        proxy: EngineProxy,
+        metrics: Metrics,
+        router: AutoRouter | None = None,
     ) -> None:
         self._catalogs = catalogs
         self._pool = pool
         self._proxy = proxy
         self._metrics = metrics
+        self._router = router
 
     @property
     def catalog(self) -> ModelCatalog:
@@ -47,11 +56,18 @@ class OpenAIService:
         request_id = request_id_of(request)
         payload = parse_body(await request.body(), schema)
         catalog = self.catalog
-        target = catalog.resolve(payload["model"])
-        check_adapter_allowed(principal_of(request.scope), target.route, catalog.base_model)
+        principal = principal_of(request.scope)
+        if payload["model"] == AUTO_MODEL and self._router is not None:
+            target, decision = await self._router.route(
+                payload, catalog, lambda route: _may_use(principal, route, catalog.base_model)
+            )
+            headers = {**decision_headers(decision), "x-adapter": target.served}
+        else:
+            target = catalog.resolve(payload["model"])
+            check_adapter_allowed(principal, target.route, catalog.base_model)
+            headers = {"x-route": target.route, "x-adapter": target.served}
         payload["model"] = target.engine_model
         stream = payload.get("stream") is True
-        headers = {"x-route": target.route, "x-adapter": target.served}
         self._metrics.in_flight.inc()
         try:
             lease, reply = await self._send(
@@ -162,6 +178,24 @@ class _StreamEnd:
         self.lease.release()
         self.service._metrics.in_flight.dec()
         self.service._record(self.endpoint, self.target, self.status, self.started)
+
+
+def decision_headers(decision: Decision) -> dict[str, str]:
+    """What an `auto` response says about its route: name, confidence, how it was decided."""
+    return {
+        "x-route": decision.route,
+        "x-route-confidence": f"{decision.confidence:.4f}",
+        "x-route-method": decision.method,
+        "x-route-reason": decision.reason,
+    }
+
+
+def _may_use(principal: Principal | None, route: str, base_model: str) -> bool:
+    try:
+        check_adapter_allowed(principal, route, base_model)
+    except PermissionDenied:
+        return False
+    return True
 
 
 def _failure_status(exc: BaseException) -> int:

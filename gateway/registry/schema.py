@@ -3,7 +3,8 @@
 An adapter is a name clients put in `model`; it has numbered versions. A version points at
 its files (a directory under an adapter root), records what they are (sha256, base model,
 rank, target modules, the pipeline's manifest) and where it is in its life (`VersionState`).
-Every change is an `AuditEvent`.
+Every change is an `AuditEvent`. Route tables of `model: "auto"` are kept whole, one row per
+replacement (`RouteTableRow`; the newest is in use).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import enum
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, DateTime, Dialect, Enum, ForeignKey, String, UniqueConstraint
+from sqlalchemy import JSON, DateTime, Dialect, Enum, ForeignKey, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
@@ -101,3 +102,17 @@ class AuditEvent(Base):
     version: Mapped[int | None]
     reason: Mapped[str] = mapped_column(String(1024), default="")
     detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class RouteTableRow(Base):
+    __tablename__ = "route_tables"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    # The table as the operator wrote it (YAML), comments and all.
+    source: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64))
+    # Route name -> the adapter it served, for the trail.
+    routes: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_by: Mapped[str] = mapped_column(String(128))
+    reason: Mapped[str] = mapped_column(String(1024), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

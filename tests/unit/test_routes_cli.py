@@ -1,0 +1,197 @@
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner, Result
+
+from gateway.cli import app
+from gateway.routing import embedder as embedder_module
+from gateway.routing.embedder import OnnxEmbedder, Vectors
+from gateway.routing.table import demo_eval_path, demo_table_path, parse_table, read_table_source
+
+DEMO_LABELS = [r.name for r in parse_table(read_table_source("demo")).routes] + ["default"]
+
+
+@dataclass
+class BatchMemo:
+    """The real embedder; a batch already embedded (same texts, same order) is not redone."""
+
+    inner: OnnxEmbedder
+    batches: dict[tuple[str, ...], Vectors]
+
+    def embed(self, texts: list[str]) -> Vectors:
+        key = tuple(texts)
+        if key not in self.batches:
+            self.batches[key] = self.inner.embed(texts)
+        return self.batches[key]
+
+
+@dataclass
+class Loads:
+    """`load_embedder` as the command calls it, with batches shared across invocations."""
+
+    calls: list[dict[str, Any]] = field(default_factory=list)
+    batches: dict[tuple[str, ...], Vectors] = field(default_factory=dict)
+
+    def __call__(self, cache_dir: Path, **kwargs: Any) -> BatchMemo:
+        self.calls.append({"cache_dir": cache_dir, **kwargs})
+        return BatchMemo(real_load_embedder(cache_dir, **kwargs), self.batches)
+
+
+real_load_embedder = embedder_module.load_embedder
+
+
+@pytest.fixture(scope="module")
+def loads() -> Iterator[Loads]:
+    # The command imports `load_embedder` when it runs, so the module attribute is what it
+    # calls. Each invocation still loads the real model; only the embedding of a batch seen
+    # before is reused, which keeps the three full evaluations of this file cheap.
+    spy = Loads()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(embedder_module, "load_embedder", spy)
+        yield spy
+
+
+def calibrate(*args: str) -> Result:
+    return CliRunner().invoke(app, ["routes", "calibrate", *args])
+
+
+def flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+@dataclass(frozen=True)
+class Run:
+    result: Result
+    markdown: str
+
+
+@pytest.fixture(scope="module")
+def human(loads: Loads, tmp_path_factory: pytest.TempPathFactory) -> Run:
+    markdown = tmp_path_factory.mktemp("calibrate") / "r.md"
+    result = calibrate(str(demo_eval_path()), "--markdown", str(markdown))
+    assert result.exit_code == 0, result.output
+    return Run(result, markdown.read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def as_json(loads: Loads) -> dict[str, Any]:
+    result = calibrate(str(demo_eval_path()), "--json")
+    assert result.exit_code == 0, result.output
+    payload: dict[str, Any] = json.loads(result.stdout)
+    return payload
+
+
+def test_json_report(as_json: dict[str, Any], loads: Loads) -> None:
+    assert as_json["samples"] >= 300
+    assert as_json["accuracy"] >= 0.9
+    assert as_json["offtopic_to_adapter"] <= as_json["max_offtopic"] == 0.05
+    assert as_json["labels"] == DEMO_LABELS
+    confusion = as_json["confusion"]
+    assert isinstance(confusion, list) and len(confusion) == len(DEMO_LABELS)
+    assert all(len(row) == len(DEMO_LABELS) for row in confusion)
+    assert sum(map(sum, confusion)) == as_json["samples"]
+    diagonal = sum(confusion[i][i] for i in range(len(confusion)))
+    assert diagonal / as_json["samples"] == pytest.approx(as_json["accuracy"])
+    assert len(as_json["mistakes"]) == as_json["samples"] - diagonal
+    assert [r["route"] for r in as_json["routes"]] == DEMO_LABELS
+    assert len(as_json["sweep"]) == 101
+    assert as_json["suggested_threshold"] is not None
+    # The command loaded the model with the gateway's default settings.
+    assert loads.calls and loads.calls[-1]["max_tokens"] == 128
+
+
+def test_human_report_and_markdown(human: Run, as_json: dict[str, Any]) -> None:
+    output = flat(human.result.stdout)
+    match = re.search(r"(\d+) prompts: accuracy (\d+\.\d)%", output)
+    assert match is not None, output
+    assert int(match[1]) == as_json["samples"]
+    assert float(match[2]) == pytest.approx(100 * as_json["accuracy"], abs=0.05)
+    assert "confusion matrix" in output
+    assert "precision" in output and "recall" in output
+
+    markdown = human.markdown
+    assert f"labelled set `{demo_eval_path().name}`" in markdown
+    assert "| route | precision | recall | support | routed here |" in markdown
+    for stats in as_json["routes"]:
+        row = (
+            f"| {stats['route']} | {stats['precision']:.1%} | {stats['recall']:.1%} "
+            f"| {stats['support']} | {stats['predicted']} |"
+        )
+        assert row in markdown
+    assert "Confusion matrix" in markdown
+    assert "| label \\ routed | " + " | ".join(DEMO_LABELS) + " |" in markdown
+    for label, counts in zip(as_json["labels"], as_json["confusion"], strict=True):
+        assert f"| {label} | " + " | ".join(map(str, counts)) + " |" in markdown
+
+
+def test_the_demo_table_is_the_default(as_json: dict[str, Any]) -> None:
+    for table in ("demo", str(demo_table_path())):
+        result = calibrate(str(demo_eval_path()), "--json", "--table", table)
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout) == as_json
+
+
+def test_max_offtopic_reaches_the_report(loads: Loads, as_json: dict[str, Any]) -> None:
+    result = calibrate(str(demo_eval_path()), "--json", "--max-offtopic", "0")
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert payload["max_offtopic"] == 0
+    assert payload["accuracy"] == as_json["accuracy"]
+    suggested = payload["suggested_threshold"]
+    if suggested is not None:
+        point = next(p for p in payload["sweep"] if p["threshold"] == suggested)
+        assert point["offtopic_to_adapter"] == 0
+
+
+def test_a_missing_data_file_fails_cleanly(loads: Loads, tmp_path: Path) -> None:
+    before = len(loads.calls)
+    missing = tmp_path / "nope.jsonl"
+    result = calibrate(str(missing))
+    assert result.exit_code == 1
+    assert "error:" in result.stderr
+    assert str(missing) in flat(result.stderr)
+    assert "No such file" in result.stderr
+    assert "Traceback" not in result.output
+    assert len(loads.calls) == before  # failed before loading the model
+
+
+def test_a_bad_line_in_the_data_file_fails_cleanly(loads: Loads, tmp_path: Path) -> None:
+    data = tmp_path / "set.jsonl"
+    data.write_text('{"text": "Ahoy", "route": "pirate"}\n{"text": "x", "route": "ufo"}\n')
+    result = calibrate(str(data))
+    assert result.exit_code == 1
+    assert "line 2: route 'ufo' is not in the table" in flat(result.stderr)
+
+
+def test_an_invalid_table_fails_cleanly(loads: Loads, tmp_path: Path) -> None:
+    before = len(loads.calls)
+    table = tmp_path / "routes.yaml"
+    table.write_text(
+        "routes:\n"
+        "  - name: pirate\n"
+        "    adapter: pirate\n"
+        "    patterns: ['(unclosed']\n"
+        "    utterances: ['Talk like a pirate']\n",
+        encoding="utf-8",
+    )
+    result = calibrate(str(demo_eval_path()), "--table", str(table))
+    assert result.exit_code == 1
+    message = flat(result.stderr)
+    assert "error: invalid route table" in message
+    assert "pattern '(unclosed' is not a valid regex" in message
+    assert "Traceback" not in result.output
+    assert len(loads.calls) == before
+
+
+def test_a_missing_table_file_fails_cleanly(tmp_path: Path) -> None:
+    result = calibrate(str(demo_eval_path()), "--table", str(tmp_path / "none.yaml"))
+    assert result.exit_code == 1
+    assert "error: cannot read" in flat(result.stderr)
+    assert "none.yaml" in flat(result.stderr)
