@@ -54,7 +54,7 @@ def engine_assets() -> EngineAssets:
 
 @pytest.fixture(scope="session")
 def style_of() -> Callable[[str], str]:
-    """The demo style classifier: "pirate", "french", "shout" or "base"."""
+    """The demo style classifier: "pirate", "french", "shout", "cowboy" or "base"."""
     from adapters.styles import classify_style
 
     return classify_style
@@ -133,10 +133,14 @@ def start_gateway(tmp: Path, assets: EngineAssets, **env: str) -> GatewayProcess
 def gateway(
     engine_assets: EngineAssets, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[GatewayProcess]:
-    """A gateway whose engine has every LoRA slot filled by the demo adapters."""
+    """A gateway whose engine has every LoRA slot filled by the demo adapters, routing
+    `model: "auto"` with the demo route table."""
     tmp = tmp_path_factory.mktemp("gateway")
     process = start_gateway(
-        tmp, engine_assets, GATEWAY_ENGINE__MAX_LORAS=str(len(engine_assets.adapters))
+        tmp,
+        engine_assets,
+        GATEWAY_ENGINE__MAX_LORAS=str(len(engine_assets.adapters)),
+        GATEWAY_ROUTING__TABLE="demo",
     )
     try:
         process.wait_ready(timeout_s=600)

@@ -18,7 +18,7 @@ from .conftest import BASE_NAME, EngineAssets, GatewayProcess
 
 pytestmark = pytest.mark.integration
 
-ADAPTERS = ("pirate", "french", "shout")
+ADAPTERS = ("pirate", "french", "shout", "cowboy")
 PROMPTS = ("Tell me about snow.", "Describe a cat.", "Give me a tip for sleeping well.")
 
 
@@ -75,6 +75,90 @@ def test_headers_name_the_adapter_and_request_id(gateway: GatewayProcess) -> Non
     assert response.headers["x-adapter"] == "pirate@1"
     assert response.headers["x-route"] == "pirate"
     assert response.headers["x-request-id"] == "e2e-headers-1"
+
+
+# `model: "auto"` with the demo route table: prompts written for this test (not from the
+# table's utterances nor its labelled set), each decided by the embeddings, not by a rule.
+AUTO_PROMPTS = {
+    "pirate": (
+        "What should a crew check before setting sail on a long voyage?",
+        "How did old navigators find their way across the ocean without GPS?",
+    ),
+    "french": (
+        "Which wines come from Bordeaux and Burgundy?",
+        "What are the most famous museums to visit in Paris?",
+    ),
+    "shout": (
+        "Say something rousing to the team before our basketball final tonight!",
+        "Our team needs energy for the big match tomorrow, give us a rallying speech!",
+    ),
+    "cowboy": (
+        "What was daily life like for riders herding steers across the prairie?",
+        "How do you break in a wild mustang on a ranch?",
+    ),
+}
+OFF_TOPIC = (
+    "How do I compute the median of a list in Python?",
+    "What is a good way to save for retirement?",
+)
+
+
+@pytest.mark.parametrize("route", sorted(AUTO_PROMPTS))
+def test_auto_lands_on_the_right_adapter(gateway: GatewayProcess, route: str) -> None:
+    for prompt in AUTO_PROMPTS[route]:
+        response = httpx.post(
+            f"{gateway.url}/v1/chat/completions",
+            json={
+                "model": "auto",
+                "messages": [{"role": "user", "content": prompt}],
+                "temperature": 0,
+                "max_tokens": 48,
+            },
+            timeout=120,
+        )
+        assert response.status_code == 200, response.text
+        assert response.headers["x-route"] == route, (prompt, dict(response.headers))
+        assert response.headers["x-adapter"] == f"{route}@1"
+        assert response.headers["x-route-method"] == "embedding"
+        assert 0.0 < float(response.headers["x-route-confidence"]) <= 1.0
+        text = response.json()["choices"][0]["message"]["content"]
+        assert classify_style(text) == route, (prompt, text)
+
+
+def test_auto_sends_off_topic_prompts_to_the_base_model(gateway: GatewayProcess) -> None:
+    for prompt in OFF_TOPIC:
+        response = httpx.post(
+            f"{gateway.url}/v1/chat/completions",
+            json={
+                "model": "auto",
+                "messages": [{"role": "user", "content": prompt}],
+                "temperature": 0,
+                "max_tokens": 48,
+            },
+            timeout=120,
+        )
+        assert response.status_code == 200, response.text
+        assert response.headers["x-route"] == "default" and response.headers["x-adapter"] == "base"
+        assert response.headers["x-route-method"] == "fallback"
+        text = response.json()["choices"][0]["message"]["content"]
+        assert classify_style(text) == "base", (prompt, text)
+    metrics = httpx.get(f"{gateway.url}/metrics", timeout=10).text
+    assert 'gateway_route_decisions_total{method="fallback",route="default"}' in metrics
+
+
+def test_auto_streams_with_the_route_headers(gateway: GatewayProcess) -> None:
+    body = {
+        "model": "auto",
+        "messages": [{"role": "user", "content": AUTO_PROMPTS["cowboy"][0]}],
+        "temperature": 0,
+        "max_tokens": 40,
+        "stream": True,
+    }
+    with httpx.stream("POST", f"{gateway.url}/v1/chat/completions", json=body, timeout=120) as r:
+        assert r.status_code == 200
+        assert r.headers["x-route"] == "cowboy" and r.headers["x-adapter"] == "cowboy@1"
+        events = [line for line in r.iter_lines() if line.startswith("data: {")]
+    assert len(events) > 5
 
 
 @pytest.mark.parametrize("model", [BASE_NAME, "french"])

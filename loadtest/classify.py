@@ -1,0 +1,205 @@
+"""Classification latency and throughput of `model: "auto"` (no engine, no HTTP).
+
+Pins the process to one core, loads the embedder with one thread and the demo route table,
+and classifies the prompts of the demo labelled set (real prompts, 3 to 40 words):
+1. batch 1, one request at a time: the whole decision (rules, embedding, scoring), directly
+   and through the gateway's batcher (a thread hop per request, as the gateway does it);
+   also by token count, since the cost grows with the text;
+2. under concurrency: `c` callers at once through the batcher; throughput, latency and
+   the mean batch size;
+3. `--compare-packaged`: the same batch-1 run on the packaged export as shipped (float
+   arithmetic on int8 constants) instead of the gateway's int8 rewrite.
+Prints tables; `--json FILE` writes the numbers.
+
+    .venv/bin/python -m loadtest.classify --json classify.json
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from gateway.config import DEFAULT_CACHE_DIR
+from gateway.metrics import Metrics
+from gateway.routing.batcher import EmbeddingBatcher
+from gateway.routing.calibrate import load_samples
+from gateway.routing.classifier import Decision, RouteIndex
+from gateway.routing.embedder import Embedder, OnnxEmbedder, Vectors, load_embedder, packaged_files
+from gateway.routing.table import demo_eval_path, parse_table, read_table_source
+from loadtest.common import percentiles, write_json
+
+app = typer.Typer(add_completion=False, help=__doc__)
+console = Console()
+TOKEN_BUCKETS = ((0, 12), (12, 20), (20, 32), (32, 64))
+
+
+def _ms(values: list[float]) -> dict[str, float]:
+    return {k: v * 1000 for k, v in percentiles(values, (50, 90, 99)).items()}
+
+
+async def _index(embedder: Embedder) -> RouteIndex:
+    async def embed_many(texts: list[str]) -> Vectors:
+        return embedder.embed(texts)
+
+    return await RouteIndex.build(parse_table(read_table_source("demo")), embed_many)
+
+
+def _decide(index: RouteIndex, embedder: Embedder, text: str) -> Decision:
+    rule = index.match_rules(text)
+    return rule if rule is not None else index.decide(embedder.embed([text])[0])
+
+
+def batch_one(
+    index: RouteIndex, embedder: OnnxEmbedder, texts: list[str], rounds: int
+) -> dict[str, Any]:
+    """One request at a time, directly: every decision's latency, and by token count."""
+    for text in texts[:20]:
+        _decide(index, embedder, text)
+    latencies: list[float] = []
+    by_tokens: dict[str, list[float]] = {f"{lo}-{hi}": [] for lo, hi in TOKEN_BUCKETS}
+    rules = 0
+    for _ in range(rounds):
+        for text in texts:
+            started = time.perf_counter()
+            decision = _decide(index, embedder, text)
+            elapsed = time.perf_counter() - started
+            latencies.append(elapsed)
+            rules += decision.method == "rule"
+            tokens = embedder.token_count(text)
+            for lo, hi in TOKEN_BUCKETS:
+                if lo <= tokens < hi:
+                    by_tokens[f"{lo}-{hi}"].append(elapsed)
+    return {
+        "requests": len(latencies),
+        "decided_by_rules": rules,
+        "latency_ms": _ms(latencies),
+        "by_tokens_ms": {k: {"n": len(v), **_ms(v)} for k, v in by_tokens.items() if v},
+    }
+
+
+async def through_batcher(
+    index: RouteIndex, embedder: Embedder, texts: list[str], concurrency: int, total: int
+) -> dict[str, Any]:
+    """`concurrency` callers classifying `total` texts through the batcher."""
+    metrics = Metrics()
+    batcher = EmbeddingBatcher(embedder, metrics, max_batch=16, max_pending=100_000)
+    latencies: list[float] = []
+    queue = list(range(total))
+
+    async def caller() -> None:
+        while queue:
+            text = texts[queue.pop() % len(texts)]
+            started = time.perf_counter()
+            if index.match_rules(text) is None:
+                index.decide(await batcher.embed_one(text))
+            latencies.append(time.perf_counter() - started)
+
+    await batcher.embed_one(texts[0])
+    started = time.perf_counter()
+    await asyncio.gather(*(caller() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    await batcher.close()
+    calls = metrics.registry.get_sample_value("gateway_route_embed_batch_size_count") or 0
+    embedded = metrics.registry.get_sample_value("gateway_route_embed_batch_size_sum") or 0
+    return {
+        "concurrency": concurrency,
+        "requests": total,
+        "per_second": total / elapsed,
+        "latency_ms": _ms(latencies),
+        "mean_batch": (embedded - 1) / max(calls - 1, 1),
+    }
+
+
+def _pin(core: int | None) -> str:
+    if core is None or not hasattr(os, "sched_setaffinity"):
+        return "not pinned"
+    os.sched_setaffinity(0, {core})
+    return f"core {core}"
+
+
+def _time_it(run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    started = time.perf_counter()
+    result = run()
+    result["seconds"] = time.perf_counter() - started
+    return result
+
+
+@app.command()
+def main(
+    rounds: Annotated[int, typer.Option(min=1, help="Passes over the prompts at batch 1.")] = 3,
+    concurrency: Annotated[str, typer.Option(help="Comma-separated caller counts.")] = "1,4,16,64",
+    requests: Annotated[int, typer.Option(min=1, help="Requests per concurrency level.")] = 680,
+    core: Annotated[int | None, typer.Option(help="The core to pin to (none: -1).")] = 1,
+    compare_packaged: Annotated[bool, typer.Option(help="Also time the export as shipped.")] = (
+        True
+    ),
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the numbers here.")] = None,
+) -> None:
+    """Run the classification benchmark."""
+    pinned = _pin(None if core is not None and core < 0 else core)
+    embedder = load_embedder(DEFAULT_CACHE_DIR, threads=1)
+    index = asyncio.run(_index(embedder))
+    table = index.table
+    samples = load_samples(demo_eval_path(), [r.name for r in table.routes] + [table.default.name])
+    texts = [s.text for s in samples]
+    tokens = [embedder.token_count(t) for t in texts]
+    console.print(
+        f"{len(texts)} prompts, {min(tokens)}-{max(tokens)} tokens (median "
+        f"{sorted(tokens)[len(tokens) // 2]}); one thread, {pinned}"
+    )
+    results: dict[str, Any] = {"prompts": len(texts), "pinned": pinned}
+    results["batch1"] = _time_it(lambda: batch_one(index, embedder, texts, rounds))
+    results["batch1_via_batcher"] = asyncio.run(
+        through_batcher(index, embedder, texts, 1, len(texts) * rounds)
+    )
+    if compare_packaged:
+        shipped = OnnxEmbedder(packaged_files().onnx, packaged_files().tokenizer, threads=1)
+        results["batch1_packaged_export"] = _time_it(lambda: batch_one(index, shipped, texts, 1))
+    results["concurrency"] = [
+        asyncio.run(through_batcher(index, embedder, texts, int(c), requests))
+        for c in concurrency.split(",")
+    ]
+    _print(results)
+    if json_out is not None:
+        write_json(json_out, results)
+
+
+def _print(results: dict[str, Any]) -> None:
+    single = Table("batch 1", "requests", "p50 ms", "p90 ms", "p99 ms")
+    rows = [("direct (int8 rewrite)", "batch1"), ("via the batcher", "batch1_via_batcher")]
+    if "batch1_packaged_export" in results:
+        rows.append(("export as shipped", "batch1_packaged_export"))
+    for label, key in rows:
+        r = results[key]
+        ms = r["latency_ms"]
+        single.add_row(
+            label, str(r["requests"]), f"{ms['p50']:.2f}", f"{ms['p90']:.2f}", f"{ms['p99']:.2f}"
+        )
+    console.print(single)
+    tokens = Table("tokens", "n", "p50 ms", "p99 ms")
+    for bucket, r in results["batch1"]["by_tokens_ms"].items():
+        tokens.add_row(bucket, str(r["n"]), f"{r['p50']:.2f}", f"{r['p99']:.2f}")
+    console.print(tokens)
+    load = Table("callers", "requests/s", "p50 ms", "p99 ms", "mean batch")
+    for r in results["concurrency"]:
+        ms = r["latency_ms"]
+        load.add_row(
+            str(r["concurrency"]),
+            f"{r['per_second']:.0f}",
+            f"{ms['p50']:.2f}",
+            f"{ms['p99']:.2f}",
+            f"{r['mean_batch']:.1f}",
+        )
+    console.print(load)
+
+
+if __name__ == "__main__":
+    app()
