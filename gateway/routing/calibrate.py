@@ -4,8 +4,9 @@ The labelled set is JSONL, one `{"text": ..., "route": ...}` per line, `route` a
 table or the default route's name (prompts that must reach the base model). The report has
 accuracy, each route's precision and recall, the confusion matrix, the share of default
 prompts sent to an adapter, and a sweep of one threshold for every route: the suggested
-threshold is the middle of the widest-accuracy plateau that keeps default prompts sent to
-an adapter at or under `max_offtopic`.
+threshold has the best accuracy of those that keep default prompts sent to an adapter at or
+under `max_offtopic` (ties: fewer default prompts sent to adapters, then the middle of the
+widest run).
 """
 
 from __future__ import annotations
@@ -194,14 +195,18 @@ def _sweep_point(
 
 
 def suggest_threshold(sweep: Sequence[SweepPoint], max_offtopic: float) -> float | None:
-    """The middle of the widest run of best-accuracy thresholds within `max_offtopic`."""
+    """The best-accuracy threshold within `max_offtopic`: ties go to the one sending fewer
+    default prompts to adapters (an unrelated answer in an adapter's style is the costlier
+    mistake; on-topic prompts that fall back still get the base model), then to the middle
+    of the widest run of such thresholds."""
     allowed = [p for p in sweep if p.offtopic_to_adapter <= max_offtopic]
     if not allowed:
         return None
     top = max(p.accuracy for p in allowed)
+    safest = min(p.offtopic_to_adapter for p in allowed if p.accuracy == top)
     runs: list[list[float]] = []
     for point in sweep:
-        good = point.offtopic_to_adapter <= max_offtopic and point.accuracy == top
+        good = point.accuracy == top and point.offtopic_to_adapter == safest
         if good and runs and runs[-1][-1] == round(point.threshold - 0.01, 2):
             runs[-1].append(point.threshold)
         elif good:

@@ -201,7 +201,7 @@ def points(rows: list[tuple[float, float, float]]) -> list[SweepPoint]:
     return [SweepPoint(t, accuracy, offtopic, 0.0) for t, accuracy, offtopic in rows]
 
 
-def test_suggest_threshold_picks_the_middle_of_the_widest_best_run() -> None:
+def test_suggest_threshold_prefers_fewer_offtopic_mistakes_among_the_most_accurate() -> None:
     sweep = points(
         [
             (0.30, 0.95, 0.10),  # best accuracy, but too many off-topic prompts
@@ -213,9 +213,24 @@ def test_suggest_threshold_picks_the_middle_of_the_widest_best_run() -> None:
             (0.36, 0.90, 0.00),
         ]
     )
-    assert suggest_threshold(sweep, 0.05) == 0.32
+    # 0.31 to 0.36 are equally accurate: the ones sending no default prompt to an adapter win.
+    assert suggest_threshold(sweep, 0.05) == 0.36
     assert suggest_threshold(sweep, 0.0) == 0.36
     assert suggest_threshold(sweep, 0.2) == 0.30
+
+
+def test_suggest_threshold_takes_the_middle_of_the_widest_run() -> None:
+    sweep = points(
+        [
+            (0.38, 0.90, 0.01),
+            (0.39, 0.85, 0.01),
+            (0.40, 0.90, 0.01),
+            (0.41, 0.90, 0.01),
+            (0.42, 0.90, 0.01),
+            (0.43, 0.80, 0.01),
+        ]
+    )
+    assert suggest_threshold(sweep, 0.05) == 0.41
 
 
 def test_suggest_threshold_is_none_when_nothing_meets_the_limit() -> None:

@@ -191,8 +191,8 @@ def test_int8_embeddings_match_the_float32_reference(
     cosines = [cosine(a, b) for a, b in zip(vectors, reference, strict=True)]
     worst = min(cosines)
     mean = float(np.mean(cosines))
-    assert worst >= 0.97, f"min cosine {worst:.4f} (mean {mean:.4f}): {np.round(cosines, 4)}"
-    assert mean >= 0.985, f"mean cosine {mean:.4f} (min {worst:.4f})"
+    assert worst >= 0.985, f"min cosine {worst:.4f} (mean {mean:.4f}): {np.round(cosines, 4)}"
+    assert mean >= 0.99, f"mean cosine {mean:.4f} (min {worst:.4f})"
 
 
 def test_int8_embeddings_keep_the_nearest_neighbours(
