@@ -49,9 +49,9 @@ class EmbeddingBatcher:
         return await future
 
     async def embed_many(self, texts: list[str]) -> Vectors:
-        """Many texts in one call on the worker thread (building a table's index)."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self.embedder.embed, texts)
+        """Many texts in one call (building a table's index) on a thread of their own: the
+        requests' worker keeps classifying meanwhile, with the table in use."""
+        return await asyncio.to_thread(self.embedder.embed, texts)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from gateway.config import RoutingSettings
 from gateway.errors import ClassifierUnavailable, ModelNotFound
 from gateway.metrics import Metrics
@@ -25,7 +27,7 @@ from gateway.registry.store import Registry
 from gateway.routing.batcher import EmbeddingBatcher, Overloaded
 from gateway.routing.catalog import CatalogView, ModelCatalog, Target
 from gateway.routing.classifier import Decision, RouteIndex, request_text
-from gateway.routing.embedder import ModelMissing, load_embedder
+from gateway.routing.embedder import DIMENSIONS, ModelMissing, Vectors, load_embedder
 from gateway.routing.table import (
     InvalidRouteTable,
     check_adapters,
@@ -73,6 +75,8 @@ class AutoRouter:
         self._batcher: EmbeddingBatcher | None = None
         self._active: ActiveTable | None = None
         self._changing = asyncio.Lock()
+        # Utterance vectors of the table in use (and of a table being built).
+        self._vectors: dict[str, Vectors] = {}
 
     @property
     def active(self) -> ActiveTable | None:
@@ -107,7 +111,7 @@ class AutoRouter:
                 return
             try:
                 table = parse_table(row.source)
-                index = await RouteIndex.build(table, (await self._embedder()).embed_many)
+                index = await RouteIndex.build(table, self._embed_utterances)
             except (InvalidRouteTable, ClassifierUnavailable) as exc:
                 log.error("route table %s in the registry was not installed: %s", row.id, exc)
                 return
@@ -138,7 +142,7 @@ class AutoRouter:
                     )
                 self._metrics.registry_operations.labels("routes", "refused").inc()
                 raise
-            index = await RouteIndex.build(table, (await self._embedder()).embed_many)
+            index = await RouteIndex.build(table, self._embed_utterances)
             if dry_run:
                 return ActiveTable(0, source, sha, index, actor, "")
             routes = {route.name: route.adapter for route in table.routes}
@@ -152,7 +156,22 @@ class AutoRouter:
             self._metrics.registry_operations.labels("routes", "ok").inc()
             return active
 
+    async def _embed_utterances(self, texts: list[str]) -> Vectors:
+        """Vectors of a table's utterances; those of the table in use are not embedded again
+        (an edited table mostly repeats them)."""
+        batcher = await self._embedder()
+        missing = [text for text in dict.fromkeys(texts) if text not in self._vectors]
+        if missing:
+            for text, vector in zip(missing, await batcher.embed_many(missing), strict=True):
+                self._vectors[text] = vector
+        if not texts:
+            return np.zeros((0, DIMENSIONS), dtype=np.float32)
+        return np.stack([self._vectors[text] for text in texts])
+
     def _install(self, active: ActiveTable) -> None:
+        table = active.index.table
+        keep = {u for r in table.routes for u in r.utterances} | set(table.default.utterances)
+        self._vectors = {text: v for text, v in self._vectors.items() if text in keep}
         self._active = active
         self._metrics.route_table_id.set(active.id)
         log.info(

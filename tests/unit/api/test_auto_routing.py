@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 
 from gateway.api.auth import hash_key
 from gateway.app import create_app
@@ -424,3 +425,28 @@ async def test_concurrent_auto_requests_are_embedded_in_batches(
     assert embedded >= 24
     assert calls < embedded, "concurrent requests were embedded one at a time"
     assert json.loads(replies[0].text)["model"]
+
+
+async def test_a_replacement_embeds_only_its_new_utterances(
+    routed: httpx.AsyncClient, app: FastAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    embedder = app.state.router._batcher.embedder
+    calls: list[list[str]] = []
+    original = embedder.embed
+
+    def spy(texts: list[str]) -> Any:
+        calls.append(list(texts))
+        return original(texts)
+
+    monkeypatch.setattr(embedder, "embed", spy)
+    added = "What is a good stretching routine for runners?"
+    changed = TABLE.replace(
+        "    - How do I fix a leaking faucet?\n",
+        f"    - How do I fix a leaking faucet?\n    - {added}\n",
+    )
+    assert changed != TABLE
+    assert (await put_table(routed, changed)).status_code == 200
+    assert calls == [[added]]
+    # The vectors reused are the ones the table was built with: same decisions, same scores.
+    explained = (await routed.post("/admin/classify", json={"text": SEA})).json()
+    assert explained["route"] == "sea" and explained["table"] == 2

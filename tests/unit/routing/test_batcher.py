@@ -232,20 +232,25 @@ async def test_a_batch_of_only_cancelled_callers_is_skipped() -> None:
     assert embedder.calls == [["t0"], ["t2"]]
 
 
-async def test_embed_many_runs_on_the_worker_thread() -> None:
-    embedder = FakeEmbedder()
+async def test_embed_many_runs_beside_a_busy_request_worker() -> None:
+    embedder = FakeEmbedder(gated=True)
     async with running(embedder) as batcher:
-        matrix = await batcher.embed_many(["t1", "t2", "t3"])
-        assert_own(await batcher.embed_one("t4"), "t4")
+        request = await start_busy(batcher, embedder)
+        # The request worker is stuck in a call; an index build still runs.
+        embedder.gate.set()
+        matrix = await asyncio.wait_for(batcher.embed_many(["t1", "t2", "t3"]), TIMEOUT)
+        assert_own(await request, "t0")
     assert matrix.shape == (3, DIMENSIONS)
     for row, text in zip(matrix, ["t1", "t2", "t3"], strict=True):
         assert_own(row, text)
-    assert embedder.calls == [["t1", "t2", "t3"], ["t4"]]
+    assert ["t1", "t2", "t3"] in embedder.calls
     main = threading.current_thread()
     assert all(thread is not main for thread in embedder.threads)
-    assert all(thread.name.startswith("embed") for thread in embedder.threads)
-    # One worker thread for both kinds of call.
-    assert embedder.threads[0] is embedder.threads[1]
+    worker, builder = (
+        embedder.threads[0],
+        embedder.threads[embedder.calls.index(["t1", "t2", "t3"])],
+    )
+    assert worker.name.startswith("embed") and builder is not worker
 
 
 async def test_batch_sizes_are_recorded() -> None:
