@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -267,3 +269,28 @@ def test_load_embedder_with_a_missing_tokenizer_file(tmp_path: Path) -> None:
     with pytest.raises(ModelMissing, match="no such file") as info:
         load_embedder(tmp_path, model=packaged_files().onnx, tokenizer=missing)
     assert str(missing) in str(info.value)
+
+
+def test_the_gateway_classifies_without_importing_torch(tmp_path: Path) -> None:
+    # A cache of its own: the int8 rewrite is built in this process too.
+    code = (
+        "import sys, asyncio\n"
+        "from pathlib import Path\n"
+        "from gateway.app import create_app\n"
+        "from gateway.config import Settings\n"
+        "from gateway.routing.embedder import load_embedder\n"
+        "from gateway.routing.classifier import RouteIndex\n"
+        "from gateway.routing.table import parse_table, read_table_source\n"
+        f"embedder = load_embedder(Path({str(tmp_path)!r}))\n"
+        "async def embed_many(texts): return embedder.embed(texts)\n"
+        "index = asyncio.run(RouteIndex.build(parse_table(read_table_source('demo')), embed_many))\n"
+        "decision = index.decide(embedder.embed(['How do sailors navigate at sea?'])[0])\n"
+        "create_app(Settings(state_dir=Path(" + repr(str(tmp_path / "state")) + ")))\n"
+        "print(decision.route, sorted(m for m in ('torch', 'vllm', 'transformers') "
+        "if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert out.stdout.split("\n")[-2] == "pirate []", out.stdout + out.stderr
+    assert list((tmp_path / "classifier").glob("minilm-l6-int8-*.onnx"))
