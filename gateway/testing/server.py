@@ -1,4 +1,5 @@
-"""Run an ASGI app on a real loopback socket inside the current event loop."""
+"""Run an ASGI app on a real loopback socket inside the current event loop, or a gateway
+behind an in-memory client."""
 
 from __future__ import annotations
 
@@ -7,8 +8,14 @@ import contextlib
 import socket
 from collections.abc import AsyncIterator
 
+import httpx
 import uvicorn
 from starlette.types import ASGIApp
+
+from gateway.app import create_app
+from gateway.config import Settings
+from gateway.metrics import Metrics
+from gateway.registry.validation import BaseModelInfo
 
 
 def free_port() -> int:
@@ -37,3 +44,15 @@ async def serve_in_loop(app: ASGIApp, port: int | None = None) -> AsyncIterator[
     finally:
         server.should_exit = True
         await task
+
+
+@contextlib.asynccontextmanager
+async def app_client(
+    settings: Settings, metrics: Metrics, base_info: BaseModelInfo | None = None
+) -> AsyncIterator[httpx.AsyncClient]:
+    """A gateway of its own, started and stopped here, and an in-memory client of it."""
+    app = create_app(settings, metrics=metrics, base_info=base_info)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+            yield client

@@ -103,20 +103,26 @@ OFF_TOPIC = (
 )
 
 
+def post_auto(gateway: GatewayProcess, prompt: str) -> httpx.Response:
+    """A greedy `auto` chat request; fails unless it is answered."""
+    response = httpx.post(
+        f"{gateway.url}/v1/chat/completions",
+        json={
+            "model": "auto",
+            "messages": [{"role": "user", "content": prompt}],
+            "temperature": 0,
+            "max_tokens": 48,
+        },
+        timeout=120,
+    )
+    assert response.status_code == 200, response.text
+    return response
+
+
 @pytest.mark.parametrize("route", sorted(AUTO_PROMPTS))
 def test_auto_lands_on_the_right_adapter(gateway: GatewayProcess, route: str) -> None:
     for prompt in AUTO_PROMPTS[route]:
-        response = httpx.post(
-            f"{gateway.url}/v1/chat/completions",
-            json={
-                "model": "auto",
-                "messages": [{"role": "user", "content": prompt}],
-                "temperature": 0,
-                "max_tokens": 48,
-            },
-            timeout=120,
-        )
-        assert response.status_code == 200, response.text
+        response = post_auto(gateway, prompt)
         assert response.headers["x-route"] == route, (prompt, dict(response.headers))
         assert response.headers["x-adapter"] == f"{route}@1"
         assert response.headers["x-route-method"] == "embedding"
@@ -127,17 +133,7 @@ def test_auto_lands_on_the_right_adapter(gateway: GatewayProcess, route: str) ->
 
 def test_auto_sends_off_topic_prompts_to_the_base_model(gateway: GatewayProcess) -> None:
     for prompt in OFF_TOPIC:
-        response = httpx.post(
-            f"{gateway.url}/v1/chat/completions",
-            json={
-                "model": "auto",
-                "messages": [{"role": "user", "content": prompt}],
-                "temperature": 0,
-                "max_tokens": 48,
-            },
-            timeout=120,
-        )
-        assert response.status_code == 200, response.text
+        response = post_auto(gateway, prompt)
         assert response.headers["x-route"] == "default" and response.headers["x-adapter"] == "base"
         assert response.headers["x-route-method"] == "fallback"
         text = response.json()["choices"][0]["message"]["content"]

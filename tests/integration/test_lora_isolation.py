@@ -136,6 +136,8 @@ def _run_isolation(
         omp_threads_bind="0-1",
         extra_env={"LORA_GATEWAY_LORA_FIX": fix},
         log_file=log_file,
+        # A first start compiles the model: minutes on a small CPU without a warm cache.
+        start_timeout_s=900.0,
     )
     engine = EngineProcess(spec)
     engine.start()

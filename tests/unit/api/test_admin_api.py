@@ -7,11 +7,11 @@ PostgreSQL is the local server (`GATEWAY_TEST_POSTGRES_URL`); each test gets a n
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import shutil
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,6 @@ import psycopg
 import pytest
 
 from gateway.api.auth import hash_key
-from gateway.app import create_app
 from gateway.config import Settings, TenantKey
 from gateway.metrics import Metrics
 from gateway.registry.database import make_engine, session_factory
@@ -29,7 +28,7 @@ from gateway.registry.store import Registry
 from gateway.registry.validation import BaseModelInfo, content_sha256
 from gateway.testing.adapters import MODULES, TINY_BASE, write_adapter
 from gateway.testing.fake_vllm import FakeEngineState, create_fake_vllm
-from gateway.testing.server import serve_in_loop
+from gateway.testing.server import app_client, serve_in_loop
 
 POSTGRES_URL = os.environ.get(
     "GATEWAY_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
@@ -64,14 +63,9 @@ def settings(settings: Settings, database_url: str | None) -> Settings:
     return settings.model_copy(update={"database_url": database_url})
 
 
-@contextlib.asynccontextmanager
-async def gateway(settings: Settings, metrics: Metrics) -> AsyncIterator[httpx.AsyncClient]:
+def gateway(settings: Settings, metrics: Metrics) -> AbstractAsyncContextManager[httpx.AsyncClient]:
     """A gateway of its own (started and stopped here) and a client of it."""
-    app = create_app(settings, metrics=metrics, base_info=TINY_BASE)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
-            yield client
+    return app_client(settings, metrics, TINY_BASE)
 
 
 @pytest.fixture

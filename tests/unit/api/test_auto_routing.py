@@ -8,9 +8,8 @@ real all-MiniLM-L6-v2 embedder.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +18,11 @@ import pytest
 from fastapi import FastAPI
 
 from gateway.api.auth import hash_key
-from gateway.app import create_app
 from gateway.config import RoutingSettings, Settings, TenantKey
 from gateway.metrics import Metrics
 from gateway.testing.adapters import TINY_BASE
 from gateway.testing.fake_vllm import FakeEngineState
+from gateway.testing.server import app_client
 
 TABLE = """\
 # Routes of the unit tests (pirate and french are seeded by the API conftest).
@@ -66,13 +65,9 @@ async def put_table(client: httpx.AsyncClient, source: str, **params: str) -> ht
     )
 
 
-@contextlib.asynccontextmanager
-async def gateway(settings: Settings, metrics: Metrics) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings, metrics=metrics, base_info=TINY_BASE)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
-            yield client
+def gateway(settings: Settings, metrics: Metrics) -> AbstractAsyncContextManager[httpx.AsyncClient]:
+    """A gateway of its own (started and stopped here) and a client of it."""
+    return app_client(settings, metrics, TINY_BASE)
 
 
 @pytest.fixture
