@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import httpx
 from fastapi import FastAPI
 
-from gateway.api import admin, health, openai, routes_admin
+from gateway.api import admin, health, openai, rollouts_admin, routes_admin
 from gateway.api.auth import ApiKeyMiddleware, KeyRing, describe_open_mode
 from gateway.api.errors import install_error_handlers
 from gateway.api.middleware import RequestContextMiddleware
@@ -19,8 +19,10 @@ from gateway.config import Settings
 from gateway.lifecycle import AdapterLifecycle, BaseModel
 from gateway.metrics import Metrics
 from gateway.registry.database import make_engine, session_factory, upgrade
+from gateway.registry.rollouts import RolloutStore
 from gateway.registry.store import Registry
 from gateway.registry.validation import BaseModelInfo
+from gateway.rollout.manager import RolloutManager
 from gateway.routing.catalog import CatalogView, ModelCatalog
 from gateway.routing.router import AutoRouter
 from gateway.upstream.launcher import EngineProcess, EngineSpec, engine_plugin_env
@@ -70,6 +72,15 @@ def create_app(
         read_timeout_s=settings.upstream_read_timeout_s,
     )
     supervisor = _engine_supervisor(settings, metrics)
+    rollouts = RolloutManager(
+        RolloutStore(session_factory(database)),
+        lifecycle,
+        catalogs,
+        pool,
+        proxy,
+        metrics,
+        settings.rollout,
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -86,9 +97,13 @@ def create_app(
         await proxy.open()
         await pool.check_all()
         pool.start(settings.health_interval_s)
+        # After the engines are checked: a rollout found running warms its candidate first.
+        await rollouts.start()
+        lifecycle.on_refresh(rollouts.refresh)
         try:
             yield
         finally:
+            await rollouts.stop()
             await lifecycle.stop()
             await router.close()
             await pool.stop()
@@ -110,12 +125,14 @@ def create_app(
     app.state.pool = pool
     app.state.lifecycle = lifecycle
     app.state.router = router
-    app.state.service = OpenAIService(catalogs, pool, proxy, metrics, router)
+    app.state.rollouts = rollouts
+    app.state.service = OpenAIService(catalogs, pool, proxy, metrics, router, rollouts)
     app.state.supervisor = supervisor
     install_error_handlers(app)
     app.include_router(openai.router)
     app.include_router(admin.router)
     app.include_router(routes_admin.router)
+    app.include_router(rollouts_admin.router)
     app.include_router(health.router)
     # Added first, so it runs inside the request-id middleware (refusals carry the id).
     app.add_middleware(ApiKeyMiddleware, keyring=keyring, metrics=metrics)

@@ -82,6 +82,21 @@ class RoutingSettings(BaseModel):
     max_pending: int = Field(default=256, ge=1)
 
 
+class RolloutSettings(BaseModel):
+    """Rollouts: shadow copies, sample bookkeeping and the candidate's warm-up."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Shadow copies running at once in this gateway process; more are dropped (counted).
+    shadow_concurrency: int = Field(default=4, ge=1, le=1024)
+    # How often sample counts and shadow pairs are written to the registry, and a
+    # candidate that did not warm up here is tried again.
+    flush_s: float = Field(default=1.0, gt=0, le=60)
+    # The request that must succeed on every replica before the candidate gets traffic.
+    warmup_prompt: str = Field(default="Hello", min_length=1, max_length=4096)
+    warmup_max_tokens: int = Field(default=1, ge=1, le=256)
+
+
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -152,6 +167,7 @@ class Settings(BaseSettings):
     max_resident_adapters: int = Field(default=8, ge=1)
 
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
+    rollout: RolloutSettings = Field(default_factory=RolloutSettings)
 
     # sha256 of the admin key for `/admin` (`lora-gateway keys new` makes one).
     admin_key_sha256: str | None = None

@@ -9,6 +9,7 @@ GatewayError                      500 internal_error
 ├── ModelNotFound                 404 invalid_request_error / model_not_found
 ├── RouteNotFound                 404 invalid_request_error / not_found
 ├── AdapterNotFound               404 invalid_request_error / adapter_not_found (registry)
+├── RolloutNotFound               404 invalid_request_error / rollout_not_found
 ├── Conflict                      409 invalid_request_error / conflict (registry state)
 ├── ClassifierUnavailable         503 classifier_unavailable (the embedding model is missing)
 └── UpstreamError                 502 upstream_error
@@ -88,6 +89,14 @@ class ModelNotFound(GatewayError):
     status_code = 404
     error_type = "invalid_request_error"
     code = "model_not_found"
+
+
+class RolloutNotFound(GatewayError):
+    """The route has no (active) rollout."""
+
+    status_code = 404
+    error_type = "invalid_request_error"
+    code = "rollout_not_found"
 
 
 class RouteNotFound(GatewayError):

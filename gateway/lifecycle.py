@@ -100,6 +100,7 @@ class AdapterLifecycle:
         self._seen_event = -1
         self._task: asyncio.Task[None] | None = None
         self._listeners: list[Callable[[], Awaitable[None]]] = []
+        self._guard: Callable[[str, int], int | None] = lambda name, version: None
 
     def attach(self, pool: UpstreamPool) -> None:
         """The pool whose replicas hold the versions."""
@@ -109,6 +110,11 @@ class AdapterLifecycle:
     def on_refresh(self, listener: Callable[[], Awaitable[None]]) -> None:
         """Call `listener` after every snapshot rebuild (the registry may have changed)."""
         self._listeners.append(listener)
+
+    def protect(self, guard: Callable[[str, int], int | None]) -> None:
+        """`guard(name, version)` names the rollout that needs a version (it is not unloaded,
+        unpinned, retired or deleted while that rollout is active)."""
+        self._guard = guard
 
     @property
     def pool(self) -> UpstreamPool:
@@ -137,7 +143,8 @@ class AdapterLifecycle:
         self._servable = servable
         self._pinned = {_engine_name(r) for r in rows if r.pinned}
         self._wanted = [*sorted(self._pinned), *(_engine_name(r) for r in ready)]
-        self._catalogs.current = ModelCatalog(self._base.served_name, servable.values())
+        stable = {r.adapter.name: r.adapter.stable_version for r in rows}
+        self._catalogs.current = ModelCatalog(self._base.served_name, servable.values(), stable)
         self._seen_event = seen
         if self._pool is not None:
             self.pool.apply_pins()
@@ -366,6 +373,7 @@ class AdapterLifecycle:
     ) -> AdapterVersionRow:
         """Unpin a version and unload it from every replica (it stays servable)."""
         with self._counted("unload"):
+            self._refuse_in_rollout(name, version, "unloaded")
             row = await asyncio.to_thread(self.registry.version, name, version)
             self._refuse_busy(row, "unloaded")
             if row.pinned:
@@ -383,6 +391,8 @@ class AdapterLifecycle:
     ) -> AdapterVersionRow:
         """Pin (never evicted) or unpin a version."""
         with self._counted("pin" if pinned else "unpin"):
+            if not pinned:
+                self._refuse_in_rollout(name, version, "unpinned")
             row = await asyncio.to_thread(
                 self.registry.set_pinned, name, version, pinned, actor=actor, reason=reason
             )
@@ -394,6 +404,7 @@ class AdapterLifecycle:
     ) -> AdapterVersionRow:
         """Stop serving a version for good and unload it once no request uses it."""
         with self._counted("retire"):
+            self._refuse_in_rollout(name, version, "retired")
             row = await asyncio.to_thread(self.registry.version, name, version)
             if row.state == VersionState.RETIRED:
                 # `set_state` treats the same state as a no-op; retiring twice is a mistake.
@@ -406,6 +417,7 @@ class AdapterLifecycle:
     async def delete(self, name: str, version: int, *, actor: str, reason: str) -> None:
         """Remove a retired or failed version from the registry."""
         with self._counted("delete"):
+            self._refuse_in_rollout(name, version, "deleted")
             row = await asyncio.to_thread(self.registry.version, name, version)
             self._refuse_busy(row, "deleted")
             await asyncio.to_thread(self.registry.delete, name, version, actor=actor, reason=reason)
@@ -415,6 +427,16 @@ class AdapterLifecycle:
         """The replicas holding a version right now."""
         name = _engine_name(row)
         return [r.url for r in self.pool.replicas if name in r.residency.resident]
+
+    def _refuse_in_rollout(self, name: str, version: int, what: str) -> None:
+        rollout = self._guard(name, version)
+        if rollout is not None:
+            raise Conflict(
+                f"{name}@{version} is in rollout {rollout}; it cannot be {what} until the "
+                "rollout ends",
+                param="version",
+                code="in_rollout",
+            )
 
     def _refuse_busy(self, row: AdapterVersionRow, what: str) -> None:
         busy = self.pool.busy(_engine_name(row))

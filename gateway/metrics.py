@@ -155,3 +155,28 @@ class Metrics:
             "The registry id of the route table in use (0: none).",
             registry=r,
         )
+        self.rollout_stage = Gauge(
+            "gateway_rollout_stage",
+            "1 for the stage the route's current (or last) rollout is in, 0 for the others.",
+            ["route", "stage"],
+            registry=r,
+        )
+        self.rollout_weight = Gauge(
+            "gateway_rollout_canary_weight_percent",
+            "The candidate's share of the route's requests, in percent (0 outside canary).",
+            ["route"],
+            registry=r,
+        )
+        self.rollout_requests = Counter(
+            "gateway_rollout_requests_total",
+            "Requests of a route under rollout, per variant that served them (stable, canary).",
+            ["route", "variant"],
+            registry=r,
+        )
+        self.shadow_requests = Counter(
+            "gateway_shadow_requests_total",
+            "Shadow copies to a rollout's candidate, per outcome (sent, dropped, completed, "
+            "failed, unrecorded).",
+            ["route", "outcome"],
+            registry=r,
+        )

@@ -18,6 +18,8 @@ from gateway.api.errors import request_id_of
 from gateway.api.responses import RelayResponse
 from gateway.errors import GatewayError, InvalidRequest, PermissionDenied, error_body
 from gateway.metrics import Metrics, status_class
+from gateway.rollout.manager import Assignment, RolloutManager
+from gateway.rollout.shadow import MAX_BODY_CHARS, PairHalf
 from gateway.routing.catalog import CatalogView, ModelCatalog, Target
 from gateway.routing.classifier import Decision
 from gateway.routing.router import AutoRouter
@@ -38,12 +40,14 @@ class OpenAIService:
         proxy: EngineProxy,
         metrics: Metrics,
         router: AutoRouter | None = None,
+        rollouts: RolloutManager | None = None,
     ) -> None:
         self._catalogs = catalogs
         self._pool = pool
         self._proxy = proxy
         self._metrics = metrics
         self._router = router
+        self._rollouts = rollouts
 
     @property
     def catalog(self) -> ModelCatalog:
@@ -66,6 +70,11 @@ class OpenAIService:
             target = catalog.resolve(payload["model"])
             check_adapter_allowed(principal, target.route, catalog.base_model)
             headers = {"x-route": target.route, "x-adapter": target.served}
+        assignment = self._assign(request, payload, target, principal, endpoint, request_id)
+        if assignment is not None:
+            target = assignment.target
+            headers["x-adapter"] = target.served
+            headers["x-variant"] = assignment.variant
         payload["model"] = target.engine_model
         stream = payload.get("stream") is True
         self._metrics.in_flight.inc()
@@ -77,14 +86,17 @@ class OpenAIService:
             self._metrics.in_flight.dec()
             self._record(endpoint, target, _failure_status(exc), started)
             raise
+        half = self._shadow(assignment)
         if reply.stream is None:
             lease.release()
             self._metrics.in_flight.dec()
             self._record(endpoint, target, reply.status, started)
+            if half is not None:
+                half.primary_done(reply.status, reply.body, time.perf_counter() - started)
             return Response(
                 reply.body, status_code=reply.status, media_type=reply.content_type, headers=headers
             )
-        end = _StreamEnd(self, reply, lease, endpoint, target, started)
+        end = _StreamEnd(self, reply, lease, endpoint, target, started, half)
         return RelayResponse(
             self._relay(reply, end, request_id),
             status_code=reply.status,
@@ -92,6 +104,27 @@ class OpenAIService:
             headers={**headers, "cache-control": "no-cache", "x-accel-buffering": "no"},
             on_close=end.finish,
         )
+
+    def _assign(
+        self,
+        request: Request,
+        payload: dict[str, Any],
+        target: Target,
+        principal: Principal | None,
+        endpoint: str,
+        request_id: str,
+    ) -> Assignment | None:
+        """The rollout variant of a request that named a route (`name@N` skips rollouts)."""
+        if self._rollouts is None or "@" in str(payload["model"]):
+            return None
+        owner = principal.name if principal is not None and principal.kind != "anonymous" else None
+        return self._rollouts.assign(target, payload, request.headers, owner, endpoint, request_id)
+
+    def _shadow(self, assignment: Assignment | None) -> PairHalf | None:
+        """Copy the request to the candidate now that the primary is dispatched."""
+        if self._rollouts is None or assignment is None or assignment.shadow is None:
+            return None
+        return self._rollouts.send_shadow(assignment.shadow)
 
     async def _send(
         self, target: Target, endpoint: str, body: bytes, request_id: str, stream: bool
@@ -125,6 +158,7 @@ class OpenAIService:
         first = True
         try:
             async for chunk in reply.stream:
+                end.keep(chunk)
                 if first:
                     first = False
                     target = end.target
@@ -158,8 +192,12 @@ class _StreamEnd:
         endpoint: str,
         target: Target,
         started: float,
+        half: PairHalf | None = None,
     ) -> None:
         self.service = service
+        self.half = half
+        self._kept: list[bytes] = []
+        self._kept_bytes = 0
         self.reply = reply
         self.lease = lease
         self.endpoint = endpoint
@@ -168,6 +206,12 @@ class _StreamEnd:
         # Until the relay says otherwise: the client went away before anything was sent.
         self.status = 499
         self._done = False
+
+    def keep(self, chunk: bytes) -> None:
+        """Keep the streamed answer of a request with a shadow copy (bounded)."""
+        if self.half is not None and self._kept_bytes < MAX_BODY_CHARS * 4:
+            self._kept.append(chunk)
+            self._kept_bytes += len(chunk)
 
     def finish(self) -> None:
         """Release the engine connection and the adapter, and record the request."""
@@ -178,6 +222,9 @@ class _StreamEnd:
         self.lease.release()
         self.service._metrics.in_flight.dec()
         self.service._record(self.endpoint, self.target, self.status, self.started)
+        if self.half is not None:
+            elapsed = time.perf_counter() - self.started
+            self.half.primary_done(self.status, b"".join(self._kept), elapsed)
 
 
 def decision_headers(decision: Decision) -> dict[str, str]:

@@ -4,7 +4,9 @@ An adapter is a name clients put in `model`; it has numbered versions. A version
 its files (a directory under an adapter root), records what they are (sha256, base model,
 rank, target modules, the pipeline's manifest) and where it is in its life (`VersionState`).
 Every change is an `AuditEvent`. Route tables of `model: "auto"` are kept whole, one row per
-replacement (`RouteTableRow`; the newest is in use).
+replacement (`RouteTableRow`; the newest is in use). A rollout (`RolloutRow`) moves a route
+from its stable version to a candidate version; its request counts per step and variant are
+`RolloutSampleRow`s and the shadow answers kept for comparison are `ShadowPairRow`s.
 """
 
 from __future__ import annotations
@@ -13,7 +15,17 @@ import enum
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, DateTime, Dialect, Enum, ForeignKey, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Dialect,
+    Enum,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
@@ -44,6 +56,20 @@ class VersionState(enum.StrEnum):
     RETIRED = "retired"
 
 
+class RolloutStage(enum.StrEnum):
+    """Where a rollout is: shadow, then canary steps, then one of three ends."""
+
+    SHADOW = "shadow"
+    CANARY = "canary"
+    PROMOTED = "promoted"
+    ROLLED_BACK = "rolled_back"
+    ABORTED = "aborted"
+
+
+def _enum(kind: type[enum.StrEnum], name: str) -> Enum:
+    return Enum(kind, name=name, values_callable=lambda e: [m.value for m in e])
+
+
 class Base(DeclarativeBase):
     type_annotation_map: ClassVar[dict[Any, Any]] = {
         datetime: UTCDateTime(),
@@ -56,6 +82,9 @@ class Adapter(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(128), unique=True)
+    # The version the name serves (set by the first registration and by a promotion); when
+    # it cannot serve, the newest servable version does.
+    stable_version: Mapped[int | None] = mapped_column(Integer, nullable=True, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     versions: Mapped[list[AdapterVersionRow]] = relationship(
         back_populates="adapter", order_by="AdapterVersionRow.version"
@@ -80,8 +109,7 @@ class AdapterVersionRow(Base):
     target_modules: Mapped[list[str]] = mapped_column(JSON)
     manifest: Mapped[dict[str, Any]] = mapped_column(default=dict)
     state: Mapped[VersionState] = mapped_column(
-        Enum(VersionState, name="version_state", values_callable=lambda e: [m.value for m in e]),
-        default=VersionState.REGISTERED,
+        _enum(VersionState, "version_state"), default=VersionState.REGISTERED
     )
     # Never evicted from a replica (an operator or an active rollout needs it resident).
     pinned: Mapped[bool] = mapped_column(default=False)
@@ -115,4 +143,65 @@ class RouteTableRow(Base):
     routes: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_by: Mapped[str] = mapped_column(String(128))
     reason: Mapped[str] = mapped_column(String(1024), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class RolloutRow(Base):
+    __tablename__ = "rollouts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    route: Mapped[str] = mapped_column(String(128), index=True)
+    # The route while the rollout is active, else NULL: the unique index allows one active
+    # rollout per route on every database (NULLs never collide).
+    active_route: Mapped[str | None] = mapped_column(String(128), unique=True, nullable=True)
+    stable_version: Mapped[int]
+    candidate_version: Mapped[int]
+    stage: Mapped[RolloutStage] = mapped_column(_enum(RolloutStage, "rollout_stage"))
+    paused: Mapped[bool] = mapped_column(default=False)
+    # -1 in shadow; the canary step's index in canary (kept at the end for the record).
+    step: Mapped[int] = mapped_column(default=-1)
+    # The canary's share of the route's requests, in percent.
+    weight: Mapped[float] = mapped_column(default=0.0)
+    plan: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # The rollout pinned the candidate (it was not pinned before): it unpins it at the end.
+    pinned_candidate: Mapped[bool] = mapped_column(default=False)
+    created_by: Mapped[str] = mapped_column(String(128))
+    reason: Mapped[str] = mapped_column(String(1024), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    step_started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    ended_at: Mapped[datetime | None] = mapped_column(nullable=True, default=None)
+
+
+class RolloutSampleRow(Base):
+    __tablename__ = "rollout_samples"
+
+    rollout_id: Mapped[int] = mapped_column(
+        ForeignKey("rollouts.id", ondelete="CASCADE"), primary_key=True
+    )
+    # -1: the shadow stage; otherwise the canary step's index.
+    step: Mapped[int] = mapped_column(primary_key=True)
+    # `stable` and `canary` requests served, `shadow` candidate answers completed.
+    variant: Mapped[str] = mapped_column(String(16), primary_key=True)
+    count: Mapped[int] = mapped_column(default=0)
+
+
+class ShadowPairRow(Base):
+    __tablename__ = "shadow_pairs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    rollout_id: Mapped[int] = mapped_column(
+        ForeignKey("rollouts.id", ondelete="CASCADE"), index=True
+    )
+    request_id: Mapped[str] = mapped_column(String(128), index=True)
+    endpoint: Mapped[str] = mapped_column(String(64))
+    request: Mapped[dict[str, Any]] = mapped_column(JSON)
+    primary_version: Mapped[int]
+    primary_status: Mapped[int]
+    primary_body: Mapped[str] = mapped_column(Text)
+    primary_ms: Mapped[float]
+    shadow_version: Mapped[int]
+    shadow_status: Mapped[int]
+    shadow_body: Mapped[str] = mapped_column(Text)
+    shadow_ms: Mapped[float]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

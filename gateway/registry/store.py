@@ -107,9 +107,13 @@ class Registry:
                     AuditEvent.adapter == name, AuditEvent.action == "register"
                 )
             )
+            number = max(newest or 0, issued or 0) + 1
+            if adapter.stable_version is None:
+                # The first version serves the name; later ones wait for a rollout.
+                adapter.stable_version = number
             row = AdapterVersionRow(
                 adapter=adapter,
-                version=max(newest or 0, issued or 0) + 1,
+                version=number,
                 path=spec.path,
                 sha256=spec.sha256,
                 base_model=spec.base_model,
@@ -182,6 +186,34 @@ class Registry:
                     adapter=name,
                     version=version,
                     reason=reason,
+                )
+            )
+            return row
+
+    def set_stable(
+        self, name: str, version: int, *, actor: str, reason: str = "", action: str = "stable"
+    ) -> AdapterVersionRow:
+        """Make a servable version the one its name serves."""
+        with self._sessions.begin() as session:
+            row = self._version_row(session, name, version)
+            if row.state not in SERVABLE:
+                raise Conflict(
+                    f"{name}@{version} is {row.state.value}; only a servable version can be "
+                    "made stable",
+                    param="version",
+                )
+            previous = row.adapter.stable_version
+            if previous == version:
+                return row
+            row.adapter.stable_version = version
+            session.add(
+                AuditEvent(
+                    actor=actor,
+                    action=action,
+                    adapter=name,
+                    version=version,
+                    reason=reason,
+                    detail={"from": previous},
                 )
             )
             return row

@@ -2,7 +2,8 @@
 
 `model` is one of:
 - the base model's name: no adapter;
-- an adapter name (`"pirate"`): its newest version;
+- an adapter name (`"pirate"`): its stable version (the first registered, or the last
+  promoted); when that one cannot serve, the newest servable version;
 - a pinned version (`"pirate@1"`): exactly that version.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,8 +72,14 @@ class Target:
 class ModelCatalog:
     """Resolves `model` fields against the base model and the known adapter versions."""
 
-    def __init__(self, base_model: str, adapters: Iterable[AdapterVersion] = ()) -> None:
+    def __init__(
+        self,
+        base_model: str,
+        adapters: Iterable[AdapterVersion] = (),
+        stable: Mapping[str, int | None] | None = None,
+    ) -> None:
         self.base_model = base_model
+        self._stable = dict(stable or {})
         self._versions: dict[str, dict[int, AdapterVersion]] = {}
         for adapter in adapters:
             self._versions.setdefault(adapter.name, {})[adapter.version] = adapter
@@ -84,8 +91,8 @@ class ModelCatalog:
         for name, versions in self._versions.items():
             for version in versions.values():
                 targets[version.ref] = Target(version.engine_name, version, route=name)
-            newest = versions[max(versions)]
-            targets[name] = Target(newest.engine_name, newest, route=name)
+            chosen = versions.get(self._stable.get(name) or 0) or versions[max(versions)]
+            targets[name] = Target(chosen.engine_name, chosen, route=name)
         return targets
 
     def resolve(self, model: str) -> Target:
@@ -94,6 +101,10 @@ class ModelCatalog:
         if target is None:
             raise ModelNotFound(f"The model '{model}' does not exist.", param="model")
         return target
+
+    def version(self, name: str, version: int) -> AdapterVersion | None:
+        """One servable version, or None."""
+        return self._versions.get(name, {}).get(version)
 
     def adapter_versions(self) -> list[AdapterVersion]:
         """Every known adapter version, ordered by name then version."""

@@ -1,0 +1,1 @@
+"""Rollouts of adapter versions: plan, sticky assignment, shadow traffic, the state machine."""

@@ -1,0 +1,417 @@
+"""Rollouts at run time: commands, the live view the request path reads, and bookkeeping.
+
+`RolloutManager` starts rollouts (after loading, pinning and warming the candidate on every
+replica), applies operators' commands through the state machine, and keeps an in-memory
+view of the active rollouts that each request consults without touching the database. The
+view is rebuilt whenever the registry changes (the lifecycle's refresh), so every gateway
+replica follows the same rollouts; assignment is a pure hash, so they agree on who is on the
+canary. Request counts and shadow pairs are written to the registry every `flush_s`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from gateway.config import RolloutSettings
+from gateway.errors import Conflict, GatewayError, RolloutNotFound, UpstreamError
+from gateway.lifecycle import AdapterLifecycle
+from gateway.metrics import Metrics
+from gateway.registry.rollouts import SHADOW_STEP, NewRollout, RolloutStore, Samples
+from gateway.registry.schema import AuditEvent, RolloutRow, RolloutStage, VersionState
+from gateway.rollout.assign import Variant, bucket, subject_of
+from gateway.rollout.machine import Command, decide, gate
+from gateway.rollout.plan import RolloutPlan, parse_plan
+from gateway.rollout.shadow import PairHalf, ShadowJob, ShadowRunner
+from gateway.routing.catalog import CatalogView, Target
+from gateway.upstream.pool import UpstreamPool
+from gateway.upstream.proxy import EngineProxy
+
+log = logging.getLogger(__name__)
+STAGES = tuple(RolloutStage)
+
+
+@dataclass(frozen=True)
+class LiveRollout:
+    """An active rollout as the request path sees it."""
+
+    id: int
+    route: str
+    stable_version: int
+    candidate_version: int
+    stage: RolloutStage
+    step: int
+    weight: float
+    paused: bool
+    plan: RolloutPlan
+
+    @property
+    def canary_buckets(self) -> int:
+        """Buckets [0, n) are on the canary now."""
+        if self.stage != RolloutStage.CANARY:
+            return 0
+        return self.plan.canary[self.step].buckets
+
+    @classmethod
+    def of(cls, row: RolloutRow) -> LiveRollout:
+        return cls(
+            id=row.id,
+            route=row.route,
+            stable_version=row.stable_version,
+            candidate_version=row.candidate_version,
+            stage=row.stage,
+            step=row.step,
+            weight=row.weight,
+            paused=row.paused,
+            plan=RolloutPlan.model_validate(row.plan),
+        )
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """Which variant serves a request of a route under rollout, and its shadow copy."""
+
+    rollout_id: int
+    variant: Variant
+    target: Target
+    shadow: ShadowJob | None = None
+
+
+@dataclass(frozen=True)
+class RolloutStatus:
+    """A rollout with its counts, what its step still lacks and its latest decisions."""
+
+    row: RolloutRow
+    samples: Samples
+    missing: list[str]
+    events: list[AuditEvent]
+    warm_here: bool
+
+
+class RolloutManager:
+    """Starts and steers rollouts; answers the request path's questions about them."""
+
+    def __init__(
+        self,
+        store: RolloutStore,
+        lifecycle: AdapterLifecycle,
+        catalogs: CatalogView,
+        pool: UpstreamPool,
+        proxy: EngineProxy,
+        metrics: Metrics,
+        settings: RolloutSettings,
+    ) -> None:
+        self.store = store
+        self._lifecycle = lifecycle
+        self._catalogs = catalogs
+        self._pool = pool
+        self._proxy = proxy
+        self._metrics = metrics
+        self._settings = settings
+        self.shadow = ShadowRunner(pool, proxy, metrics, limit=settings.shadow_concurrency)
+        self._live: dict[str, LiveRollout] = {}
+        self._warm: set[int] = set()
+        self._warming: dict[int, asyncio.Task[None]] = {}
+        self._pending: Counter[tuple[int, int, str]] = Counter()
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._random = random.Random()
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Read the active rollouts and start the bookkeeping loop."""
+        self._lifecycle.protect(self._in_rollout)
+        await self.refresh()
+        self._task = asyncio.create_task(self._loop(), name="rollout-bookkeeping")
+
+    async def stop(self) -> None:
+        """Stop the loop, cancel shadow copies still running and write what is pending."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        for task in self._warming.values():
+            task.cancel()
+        await self.shadow.close()
+        with contextlib.suppress(Exception):
+            await self.flush()
+
+    async def refresh(self) -> None:
+        """Rebuild the live view from the registry (a lifecycle refresh listener)."""
+        rows = await asyncio.to_thread(self.store.active)
+        live = {row.route: LiveRollout.of(row) for row in rows}
+        ended = set(self._live) - set(live)
+        self._live = live
+        for route in ended:
+            latest = await asyncio.to_thread(self.store.latest, route)
+            self._show(route, latest.stage if latest else None, 0.0)
+        for rollout in live.values():
+            self._show(rollout.route, rollout.stage, rollout.weight)
+        self._warm_missing()
+
+    def _show(self, route: str, stage: RolloutStage | None, weight: float) -> None:
+        for each in STAGES:
+            self._metrics.rollout_stage.labels(route, each.value).set(1 if each == stage else 0)
+        self._metrics.rollout_weight.labels(route).set(weight)
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._settings.flush_s)
+            try:
+                await self.flush()
+                self._warm_missing()
+            except Exception:
+                log.exception("writing rollout samples failed; they are kept for the next try")
+
+    async def flush(self) -> None:
+        """Write pending request counts and shadow pairs to the registry."""
+        pairs = self.shadow.take_pairs()
+        counts = self._pending
+        self._pending = Counter()
+        for pair in pairs:
+            if pair.shadow_status == 200:
+                counts[(pair.rollout_id, SHADOW_STEP, "shadow")] += 1
+        if not counts and not pairs:
+            return
+        try:
+            if counts:
+                await asyncio.to_thread(self.store.add_samples, dict(counts))
+            if pairs:
+                await asyncio.to_thread(self.store.add_pairs, pairs)
+        except Exception:
+            self._pending.update(counts)
+            raise
+
+    # -- the request path ----------------------------------------------------------------
+
+    def assign(
+        self,
+        target: Target,
+        payload: Mapping[str, Any],
+        headers: Mapping[str, str],
+        key_owner: str | None,
+        endpoint: str,
+        request_id: str,
+    ) -> Assignment | None:
+        """The variant of a request that named a route (not `name@N`), if it is under rollout."""
+        rollout = self._live.get(target.route)
+        if rollout is None or rollout.id not in self._warm:
+            return None
+        adapter = target.adapter
+        if adapter is None or adapter.version != rollout.stable_version:
+            return None
+        candidate = self._catalogs.current.version(rollout.route, rollout.candidate_version)
+        if candidate is None:
+            return None
+        variant: Variant = "stable"
+        shadow = None
+        if rollout.stage == RolloutStage.CANARY:
+            subject = subject_of(payload, headers, key_owner)
+            if bucket(rollout.id, subject) < rollout.canary_buckets:
+                variant = "canary"
+                target = Target(candidate.engine_name, candidate, route=target.route)
+        elif not rollout.paused and self._random.random() < rollout.plan.shadow.sample_rate:
+            shadow = ShadowJob(
+                rollout_id=rollout.id,
+                route=rollout.route,
+                stable_version=rollout.stable_version,
+                candidate=candidate,
+                endpoint=endpoint,
+                payload=dict(payload),
+                request_id=request_id,
+            )
+        self._pending[(rollout.id, rollout.step, variant)] += 1
+        self._metrics.rollout_requests.labels(rollout.route, variant).inc()
+        return Assignment(rollout.id, variant, target, shadow)
+
+    def send_shadow(self, job: ShadowJob) -> PairHalf | None:
+        """Start the shadow copy of a request whose primary was dispatched (None: dropped)."""
+        return self.shadow.submit(job)
+
+    # -- commands ------------------------------------------------------------------------
+
+    async def begin(
+        self, route: str, version: int, raw_plan: Any, *, actor: str, reason: str
+    ) -> RolloutRow:
+        """Start a rollout of `route@version`: check, load, pin, warm up, then record it."""
+        plan = parse_plan(raw_plan)
+        async with self._lock(route):
+            registry = self._lifecycle.registry
+            row = await asyncio.to_thread(registry.version, route, version)
+            if row.state not in (VersionState.REGISTERED, VersionState.LOADING, VersionState.READY):
+                raise Conflict(
+                    f"{route}@{version} is {row.state.value}; only a servable version can be "
+                    "rolled out",
+                    param="version",
+                    code="version_not_ready",
+                )
+            current = self._live.get(route) or await self._active_in_registry(route)
+            if current is not None:
+                raise Conflict(
+                    f"route {route!r} has an active rollout ({current.id}, "
+                    f"{route}@{current.candidate_version}); finish it first",
+                    param="route",
+                    code="rollout_active",
+                )
+            stable = self._catalogs.current.resolve(route).adapter
+            if stable is None or stable.version == version:
+                raise Conflict(
+                    f"{route}@{version} is the route's stable version already",
+                    param="version",
+                    code="already_stable",
+                )
+            pinned_here = not row.pinned
+            why = f"rollout of {route}@{version}"
+            await self._lifecycle.load(route, version, pin=True, actor=actor, reason=why)
+            try:
+                engine_name = f"{route}--v{version}"
+                await self._warm_up(engine_name, f"warmup-{route}-{version}")
+                created = await asyncio.to_thread(
+                    self.store.create,
+                    NewRollout(route, stable.version, version, plan.model_dump(), pinned_here),
+                    actor=actor,
+                    reason=reason,
+                )
+            except BaseException:
+                if pinned_here and await self._active_in_registry(route) is None:
+                    await self._lifecycle.set_pinned(
+                        route, version, False, actor=actor, reason="the rollout did not start"
+                    )
+                raise
+            self._warm.add(created.id)
+            await self._lifecycle.refresh()
+            return created
+
+    async def command(
+        self, route: str, command: Command, *, actor: str, reason: str, force: bool = False
+    ) -> RolloutRow:
+        """Apply an operator's command to the route's active rollout."""
+        async with self._lock(route):
+            current = await self._active_in_registry(route)
+            if current is None:
+                raise RolloutNotFound(f"route {route!r} has no active rollout", param="route")
+            await self.flush()
+            plan = RolloutPlan.model_validate(current.plan)
+            row = await asyncio.to_thread(
+                self.store.apply,
+                current.id,
+                command.value,
+                lambda r, samples, now: decide(r, command, plan, samples, now, force=force),
+                actor=actor,
+                reason=reason,
+            )
+            if row.stage not in (RolloutStage.SHADOW, RolloutStage.CANARY):
+                # 0% at once on this replica; the others follow at their next registry read.
+                self._live.pop(route, None)
+            await self._lifecycle.refresh()
+            return row
+
+    async def make_stable(self, name: str, version: int, *, actor: str, reason: str) -> None:
+        """Make a version its name's stable one without a rollout (refused during one)."""
+        async with self._lock(name):
+            current = await self._active_in_registry(name)
+            if current is not None:
+                raise Conflict(
+                    f"route {name!r} has an active rollout ({current.id}); promote or roll it "
+                    "back instead",
+                    param="name",
+                    code="rollout_active",
+                )
+            await asyncio.to_thread(
+                self._lifecycle.registry.set_stable, name, version, actor=actor, reason=reason
+            )
+            await self._lifecycle.refresh()
+
+    async def status(self, route: str) -> RolloutStatus:
+        """The route's active rollout, or its latest one."""
+        with contextlib.suppress(Exception):
+            await self.flush()
+        row = await asyncio.to_thread(self.store.latest, route)
+        if row is None:
+            raise RolloutNotFound(f"route {route!r} has had no rollout", param="route")
+        samples = await asyncio.to_thread(self.store.samples, row.id)
+        events = await asyncio.to_thread(self.store.events, row)
+        missing: list[str] = []
+        if row.active_route is not None:
+            plan = RolloutPlan.model_validate(row.plan)
+            missing = gate(row, plan, samples, datetime.now(UTC))
+        return RolloutStatus(row, samples, missing, events, row.id in self._warm)
+
+    def variants(self, route: str, subjects: Sequence[str]) -> tuple[LiveRollout, list[Variant]]:
+        """What each subject gets from the route's rollout right now (for checks and tools)."""
+        rollout = self._live.get(route)
+        if rollout is None:
+            raise RolloutNotFound(f"route {route!r} has no active rollout", param="route")
+        buckets = rollout.canary_buckets
+        return rollout, [
+            "canary" if bucket(rollout.id, subject_of({"user": s}, {}, None)) < buckets
+            else "stable"
+            for s in subjects
+        ]  # fmt: skip
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _lock(self, route: str) -> asyncio.Lock:
+        return self._locks.setdefault(route, asyncio.Lock())
+
+    async def _active_in_registry(self, route: str) -> RolloutRow | None:
+        row = await asyncio.to_thread(self.store.latest, route)
+        return row if row is not None and row.active_route is not None else None
+
+    def _in_rollout(self, name: str, version: int) -> int | None:
+        """The active rollout that needs `name@version` (stable or candidate), if any."""
+        rollout = self._live.get(name)
+        if rollout and version in (rollout.stable_version, rollout.candidate_version):
+            return rollout.id
+        return None
+
+    async def _warm_up(self, engine_name: str, request_id: str) -> None:
+        """Load the version into every healthy replica and check one request succeeds there."""
+        replicas = await self._pool.load_everywhere(engine_name)
+        body = json.dumps(
+            {
+                "model": engine_name,
+                "prompt": self._settings.warmup_prompt,
+                "max_tokens": self._settings.warmup_max_tokens,
+            }
+        ).encode()
+        for replica in self._pool.healthy_replicas():
+            if replica.url not in replicas:
+                continue
+            reply = await self._proxy.send(replica, "/v1/completions", body, request_id, False)
+            if reply.status != 200:
+                raise UpstreamError(
+                    f"the warm-up request to {engine_name} on {replica.url} failed with "
+                    f"{reply.status}: {reply.body[:300].decode('utf-8', 'replace')}",
+                    code="warmup_failed",
+                )
+
+    def _warm_missing(self) -> None:
+        """Warm up here the candidates of rollouts another gateway replica started."""
+        for rollout in self._live.values():
+            if rollout.id in self._warm or rollout.id in self._warming:
+                continue
+            self._warming[rollout.id] = asyncio.create_task(
+                self._warm_remote(rollout), name=f"warm-rollout-{rollout.id}"
+            )
+
+    async def _warm_remote(self, rollout: LiveRollout) -> None:
+        name = f"{rollout.route}--v{rollout.candidate_version}"
+        try:
+            await self._warm_up(name, f"warmup-{rollout.id}")
+            self._warm.add(rollout.id)
+            log.info("rollout %s: %s warmed up here", rollout.id, name)
+        except GatewayError as exc:
+            log.warning("rollout %s: %s did not warm up here: %s", rollout.id, name, exc.message)
+        finally:
+            self._warming.pop(rollout.id, None)
