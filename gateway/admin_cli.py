@@ -290,6 +290,22 @@ def retire(
 
 
 @adapters_app.command()
+def stable(
+    ref: Annotated[str, typer.Argument(metavar="NAME@VERSION", help="The version, e.g. pirate@2.")],
+    reason: Reason = None,
+    url: Url = DEFAULT_URL,
+    admin_key: AdminKey = None,
+    as_json: AsJson = False,
+) -> None:
+    """Serve NAME@VERSION under NAME from now on, without a rollout (refused during one)."""
+    name, _, number = ref.rpartition("@")
+    if not (name and number.isascii() and number.isdigit() and int(number) >= 1):
+        raise typer.BadParameter(f"{ref!r} is not NAME@VERSION (e.g. pirate@2)")
+    body = _body(reason=reason)
+    _change("stable", "stable version now:", name, int(number), body, url, admin_key, as_json)
+
+
+@adapters_app.command()
 def delete(
     name: Name,
     version: Version,

@@ -12,6 +12,7 @@ from rich.console import Console
 from gateway.admin_cli import adapters_app, keys_app
 from gateway.api.auth import describe_open_mode
 from gateway.config import Settings
+from gateway.rollouts_cli import rollouts_app
 from gateway.routes_cli import routes_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -19,6 +20,7 @@ console = Console()
 app.add_typer(adapters_app, name="adapters")
 app.add_typer(keys_app, name="keys")
 app.add_typer(routes_app, name="routes")
+app.add_typer(rollouts_app, name="rollouts")
 
 
 def _settings(host: str | None, port: int | None) -> Settings:

@@ -115,7 +115,7 @@ class OpenAIService:
         request_id: str,
     ) -> Assignment | None:
         """The rollout variant of a request that named a route (`name@N` skips rollouts)."""
-        if self._rollouts is None or "@" in str(payload["model"]):
+        if self._rollouts is None or target.exact:
             return None
         owner = principal.name if principal is not None and principal.kind != "anonymous" else None
         return self._rollouts.assign(target, payload, request.headers, owner, endpoint, request_id)

@@ -83,6 +83,14 @@ def decide(
         return Change(stage=stage, step=row.step, weight=0.0, paused=False)
     if row.paused:
         raise Conflict(f"{ref} is paused; resume it first", code="rollout_paused")
+    last = len(plan.canary) - 1
+    if command == Command.ADVANCE and row.stage == RolloutStage.CANARY and row.step >= last:
+        raise Conflict(f"{ref} is at its last canary step; promote it", code="last_step")
+    if command == Command.PROMOTE and row.stage == RolloutStage.SHADOW:
+        raise Conflict(
+            f"{ref} is in shadow; a candidate is promoted only after its canary steps",
+            code="canary_not_passed",
+        )
     missing = gate(row, plan, samples, now)
     if missing and not force:
         raise Conflict(
@@ -92,22 +100,11 @@ def decide(
             code="minimums_not_met",
         )
     detail: dict[str, Any] = {"forced_past": missing} if missing else {}
-    last = len(plan.canary) - 1
     if command == Command.ADVANCE:
-        if row.stage == RolloutStage.SHADOW:
-            step = 0
-        elif row.step < last:
-            step = row.step + 1
-        else:
-            raise Conflict(f"{ref} is at its last canary step; promote it", code="last_step")
+        step = 0 if row.stage == RolloutStage.SHADOW else row.step + 1
         weight = plan.canary[step].weight
         return Change(RolloutStage.CANARY, step, weight, False, new_step=True, detail=detail)
-    # PROMOTE
-    if row.stage == RolloutStage.SHADOW:
-        raise Conflict(
-            f"{ref} is in shadow; a candidate is promoted only after its canary steps",
-            code="canary_not_passed",
-        )
+    # PROMOTE, from a canary step
     if row.step < last and not force:
         raise Conflict(
             f"{ref} is at canary step {row.step + 1} of {last + 1}; advance through the steps "

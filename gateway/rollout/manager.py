@@ -313,6 +313,7 @@ class RolloutManager:
             if row.stage not in (RolloutStage.SHADOW, RolloutStage.CANARY):
                 # 0% at once on this replica; the others follow at their next registry read.
                 self._live.pop(route, None)
+                self._show(route, row.stage, 0.0)
             await self._lifecycle.refresh()
             return row
 

@@ -59,8 +59,10 @@ class RolloutPlan(_Strict):
     """Shadow, then canary steps of strictly rising weight."""
 
     shadow: ShadowPlan = Field(default_factory=ShadowPlan)
-    canary: tuple[CanaryStep, ...] = Field(
-        default=tuple(CanaryStep(weight=w) for w in DEFAULT_STEPS), min_length=1, max_length=50
+    canary: list[CanaryStep] = Field(
+        default_factory=lambda: [CanaryStep(weight=w) for w in DEFAULT_STEPS],
+        min_length=1,
+        max_length=50,
     )
 
     @model_validator(mode="after")

@@ -52,6 +52,8 @@ class Target:
     engine_model: str
     adapter: AdapterVersion | None
     route: str
+    # `name@N`: exactly that version, whatever rollout the route is in.
+    exact: bool = False
 
     @property
     def adapter_label(self) -> str:
@@ -90,7 +92,7 @@ class ModelCatalog:
         targets = {self.base_model: base}
         for name, versions in self._versions.items():
             for version in versions.values():
-                targets[version.ref] = Target(version.engine_name, version, route=name)
+                targets[version.ref] = Target(version.engine_name, version, name, exact=True)
             chosen = versions.get(self._stable.get(name) or 0) or versions[max(versions)]
             targets[name] = Target(chosen.engine_name, chosen, route=name)
         return targets

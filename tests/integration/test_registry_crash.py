@@ -6,13 +6,8 @@ registry is what is under test here, not vLLM)."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,13 +15,10 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import create_engine, text
 
 from gateway.testing.adapters import write_adapter
-from gateway.testing.server import free_port
+from gateway.testing.processes import Processes, postgres_database
 
-REPO = Path(__file__).resolve().parents[2]
-POSTGRES = os.environ.get("GATEWAY_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 NAMES = [f"crash{i:02d}" for i in range(24)]
 # Bigger than the unit tests' tiny base, so hashing and writing take a little while.
 BASE_CONFIG = {
@@ -43,82 +35,8 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'registry.db'}"
         return
-    name = f"crash_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(POSTGRES.replace("postgresql://", "postgresql+psycopg://"))
-    with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield POSTGRES.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
-class Processes:
-    """The fake engine and gateway processes of one test; all killed at the end."""
-
-    def __init__(self, tmp: Path, database_url: str) -> None:
-        self.tmp = tmp
-        self.database_url = database_url
-        self.engine_port = free_port()
-        self.procs: list[subprocess.Popen[bytes]] = []
-        self.gateway: subprocess.Popen[bytes] | None = None
-        self.url = ""
-
-    def _spawn(self, args: list[str], log: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
-        with (self.tmp / log).open("ab") as out:
-            proc = subprocess.Popen(
-                [sys.executable, *args],
-                cwd=REPO,
-                env={**os.environ, **env},
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self.procs.append(proc)
-        return proc
-
-    def start_engine(self) -> None:
-        args = ["-m", "gateway.testing.fake_vllm", "serve", "x", "--port", str(self.engine_port)]
-        self._spawn([*args, "--served-model-name", "smollm2"], "engine.log", {})
-
-    def start_gateway(self) -> None:
-        port = free_port()
-        env = {
-            "GATEWAY_PORT": str(port),
-            "GATEWAY_STATE_DIR": str(self.tmp / "state"),
-            "GATEWAY_ADAPTER_ROOT": str(self.tmp / "adapters"),
-            "GATEWAY_UPSTREAM_URLS": f"http://127.0.0.1:{self.engine_port}",
-            "GATEWAY_BASE_MODEL_NAME": "smollm2",
-            "GATEWAY_ENGINE__MODEL_DIR": str(self.tmp / "model"),
-            "GATEWAY_DATABASE_URL": self.database_url,
-            "GATEWAY_SEED_ADAPTERS": "false",
-            "GATEWAY_HEALTH_INTERVAL_S": "0.2",
-        }
-        self.gateway = self._spawn(["-m", "gateway.cli", "serve"], "gateway.log", env)
-        self.url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            assert self.gateway.poll() is None, (self.tmp / "gateway.log").read_text()
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise TimeoutError((self.tmp / "gateway.log").read_text())
-
-    def kill_gateway(self) -> None:
-        assert self.gateway is not None
-        os.killpg(self.gateway.pid, signal.SIGKILL)
-        self.gateway.wait(timeout=10)
-
-    def stop(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
+    with postgres_database("crash") as url:
+        yield url
 
 
 @pytest.fixture
@@ -130,12 +48,9 @@ def processes(tmp_path: Path, database_url: str) -> Iterator[Processes]:
     base = BaseModelInfo.from_config("crash-base", BASE_CONFIG)
     for index, name in enumerate(NAMES):
         write_adapter(tmp_path / "adapters" / name / "v1", rank=16, base=base, fill=index + 1.0)
-    running = Processes(tmp_path, database_url)
-    running.start_engine()
-    try:
+    with Processes(tmp_path, database_url) as running:
+        running.start_engine()
         yield running
-    finally:
-        running.stop()
 
 
 def _register(url: str, name: str) -> int:
@@ -163,12 +78,12 @@ def _registered_events(url: str) -> dict[str, int]:
 def test_killed_mid_registration_leaves_each_version_whole_or_absent(
     processes: Processes,
 ) -> None:
-    processes.start_gateway()
+    first = processes.start_gateway()
     answered: list[int] = []
     lock = threading.Lock()
 
     def register(name: str) -> None:
-        status = _register(processes.url, name)
+        status = _register(first.url, name)
         with lock:
             answered.append(status)
 
@@ -177,7 +92,7 @@ def test_killed_mid_registration_leaves_each_version_whole_or_absent(
     deadline = time.monotonic() + 60
     while len([s for s in answered if s > 0]) < 4 and time.monotonic() < deadline:
         time.sleep(0.002)
-    processes.kill_gateway()
+    first.kill()
     for future in futures:
         future.result(timeout=60)
     pool.shutdown()
@@ -185,9 +100,9 @@ def test_killed_mid_registration_leaves_each_version_whole_or_absent(
     # The kill landed mid-way: some registrations finished, others never got an answer.
     assert 4 <= len(completed) < len(NAMES), answered
 
-    processes.start_gateway()
-    versions = _versions(processes.url)
-    events = _registered_events(processes.url)
+    gateway = processes.start_gateway()
+    versions = _versions(gateway.url)
+    events = _registered_events(gateway.url)
     # Whole or absent: every stored version has exactly its one audit event, and no event
     # speaks of a version that is not there.
     assert set(versions) == set(events)
@@ -199,10 +114,10 @@ def test_killed_mid_registration_leaves_each_version_whole_or_absent(
         assert rows[0]["manifest"]["run"] == rows[0]["name"]
 
     # Registering everything again fills in exactly the missing ones.
-    statuses = {name: _register(processes.url, name) for name in NAMES}
+    statuses = {name: _register(gateway.url, name) for name in NAMES}
     assert {n for n, s in statuses.items() if s == 200} == set(versions)
     assert {n for n, s in statuses.items() if s == 201} == set(NAMES) - set(versions)
-    final = _versions(processes.url)
+    final = _versions(gateway.url)
     assert sorted(final) == NAMES
     assert all(len(v) == 1 for v in final.values())
-    assert set(_registered_events(processes.url).values()) == {1}
+    assert set(_registered_events(gateway.url).values()) == {1}

@@ -463,16 +463,17 @@ async def test_retired_version_is_unloaded_and_no_longer_served(
     assert "pirate--v1" not in fake_state.loras  # the refused request loaded nothing
 
 
-async def test_retiring_the_newest_version_makes_the_name_resolve_to_the_previous_one(
+async def test_retiring_the_stable_version_makes_the_name_fall_back_to_the_newest_servable(
     client: httpx.AsyncClient, fake_state: FakeEngineState
 ) -> None:
-    assert (await act(client, "pirate@2", "retire")).status_code == 200
+    assert (await chat(client, "pirate")).headers["x-adapter"] == "pirate@1"
+    assert (await act(client, "pirate@1", "retire")).status_code == 200
 
     response = await chat(client, "pirate")
 
     assert response.status_code == 200, response.text
-    assert response.headers["x-adapter"] == "pirate@1"
-    assert fake_state.received[-1]["model"] == "pirate--v1"
+    assert response.headers["x-adapter"] == "pirate@2"
+    assert fake_state.received[-1]["model"] == "pirate--v2"
 
 
 async def test_version_retired_while_serving_is_unloaded_once_its_requests_finish(
@@ -668,8 +669,8 @@ async def test_version_whose_files_vanished_is_a_502_and_marked_failed(
     assert response.json()["error"]["code"] == "adapter_load_failed"
     assert "pirate--v3" not in fake_state.loras
     assert (await version_of(client, "pirate@3"))["state"] == "failed"
-    # `pirate` falls back to the newest version that can still serve.
-    assert (await chat(client, "pirate")).headers["x-adapter"] == "pirate@2"
+    # `pirate` still serves its stable version, the first registered.
+    assert (await chat(client, "pirate")).headers["x-adapter"] == "pirate@1"
 
 
 @BOTH_DATABASES

@@ -101,9 +101,9 @@ async def test_auto_routes_by_topic_and_says_why(
 ) -> None:
     sea = await routed.post("/v1/chat/completions", json=chat(SEA))
     assert sea.status_code == 200, sea.text
-    # The route's adapter is `pirate`: its newest version, pirate@2.
-    assert last_engine_model(fake_state) == "pirate--v2"
-    assert sea.headers["x-route"] == "sea" and sea.headers["x-adapter"] == "pirate@2"
+    # The route's adapter is `pirate`: its stable version, pirate@1 (the first registered).
+    assert last_engine_model(fake_state) == "pirate--v1"
+    assert sea.headers["x-route"] == "sea" and sea.headers["x-adapter"] == "pirate@1"
     assert sea.headers["x-route-method"] == "embedding"
     assert sea.headers["x-route-reason"] == "nearest"
     assert 0.35 <= float(sea.headers["x-route-confidence"]) <= 1.0
@@ -143,7 +143,7 @@ async def test_auto_routes_by_topic_and_says_why(
             "gateway_requests_total",
             endpoint="/v1/chat/completions",
             adapter="pirate",
-            version="2",
+            version="1",
             status_class="2xx",
         )
         == 1
@@ -158,7 +158,7 @@ async def test_streamed_auto_requests_carry_the_route(
         assert reply.headers["x-route"] == "sea"
         body = b"".join([chunk async for chunk in reply.aiter_bytes()])
     assert b"[DONE]" in body
-    assert last_engine_model(fake_state) == "pirate--v2"
+    assert last_engine_model(fake_state) == "pirate--v1"
 
 
 async def test_requests_without_text_go_to_the_default(
@@ -221,7 +221,7 @@ async def test_a_bad_table_is_refused_and_the_old_one_keeps_serving(
     assert after["id"] == before["id"] and after["source"] == TABLE
     served = await routed.post("/v1/chat/completions", json=chat(SEA))
     assert served.headers["x-route"] == "sea"
-    assert last_engine_model(fake_state) == "pirate--v2"
+    assert last_engine_model(fake_state) == "pirate--v1"
     audit = (await routed.get("/admin/audit")).json()["data"]
     refusals = [e for e in audit if e["action"] == "routes:refused"]
     assert len(refusals) == 1 and expected in refusals[0]["reason"]
@@ -404,7 +404,7 @@ async def test_another_replica_picks_up_a_new_table(
             await asyncio.sleep(0.05)
         response = await second.post("/v1/chat/completions", json=chat(SEA))
         assert response.status_code == 200 and response.headers["x-route"] == "sea"
-        assert last_engine_model(fake_state) == "pirate--v2"
+        assert last_engine_model(fake_state) == "pirate--v1"
 
 
 async def test_concurrent_auto_requests_are_embedded_in_batches(

@@ -23,7 +23,8 @@ def assert_openai_error(response: httpx.Response, status: int) -> dict[str, obje
     ("model", "engine_model", "adapter_header", "route"),
     [
         ("smollm2", "smollm2", "base", "smollm2"),
-        ("pirate", "pirate--v2", "pirate@2", "pirate"),
+        ("pirate", "pirate--v1", "pirate@1", "pirate"),
+        ("pirate@2", "pirate--v2", "pirate@2", "pirate"),
         ("pirate@1", "pirate--v1", "pirate@1", "pirate"),
         ("french", "french--v1", "french@1", "french"),
     ],
@@ -89,7 +90,7 @@ async def test_models_lists_base_adapters_and_versions(client: httpx.AsyncClient
     assert ids[0] == "smollm2"
     assert set(ids) == {"smollm2", "pirate", "pirate@1", "pirate@2", "french", "french@1"}
     pirate = next(m for m in response.json()["data"] if m["id"] == "pirate")
-    assert pirate["parent"] == "smollm2" and pirate["root"] == "pirate--v2"
+    assert pirate["parent"] == "smollm2" and pirate["root"] == "pirate--v1"
 
 
 @pytest.mark.parametrize("stream", [False, True])

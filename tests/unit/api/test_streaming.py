@@ -54,7 +54,7 @@ async def test_stream_is_relayed_chunk_by_chunk(
     async with client.stream("POST", "/v1/chat/completions", json=CHAT) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
-        assert response.headers["x-adapter"] == "pirate@2"
+        assert response.headers["x-adapter"] == "pirate@1"
         body = b""
         async for chunk in response.aiter_bytes():
             arrivals.append(time.perf_counter())
@@ -72,7 +72,7 @@ async def test_stream_is_relayed_chunk_by_chunk(
     assert arrivals[-1] - arrivals[0] >= 0.1
     ttft = metrics.registry.get_sample_value(
         "gateway_time_to_first_token_seconds_count",
-        {"endpoint": "/v1/chat/completions", "adapter": "pirate", "version": "2"},
+        {"endpoint": "/v1/chat/completions", "adapter": "pirate", "version": "1"},
     )
     assert ttft == 1
 
@@ -110,7 +110,7 @@ async def test_mid_stream_failure_ends_with_error_event(
     labels = {
         "endpoint": "/v1/chat/completions",
         "adapter": "pirate",
-        "version": "2",
+        "version": "1",
         "status_class": "5xx",
     }
     assert metrics.registry.get_sample_value("gateway_requests_total", labels) == 1
@@ -195,9 +195,9 @@ async def test_a_stream_whose_headers_cannot_be_sent_releases_its_engine_and_ada
 
     replica = app.state.pool.replicas[0]
     assert replica.in_flight == 0
-    assert replica.residency.busy("pirate--v2") == 0
+    assert replica.residency.busy("pirate--v1") == 0
     assert metrics.registry.get_sample_value("gateway_requests_in_flight") == 0
-    recorded = {"endpoint": "/v1/chat/completions", "adapter": "pirate", "version": "2"}
+    recorded = {"endpoint": "/v1/chat/completions", "adapter": "pirate", "version": "1"}
     assert (
         metrics.registry.get_sample_value(
             "gateway_requests_total", {**recorded, "status_class": "4xx"}

@@ -32,7 +32,27 @@ def test_scan_of_missing_root_is_empty(tmp_path: Path) -> None:
     assert scan_adapter_root(tmp_path / "none") == []
 
 
-def test_name_resolves_to_newest_version_and_pins_resolve_exactly() -> None:
+PIRATES = [AdapterVersion("pirate", v, Path(f"/p{v}")) for v in (1, 2, 3)]
+
+
+@pytest.mark.parametrize(
+    ("stable", "served"),
+    [
+        ({"pirate": 2}, "pirate--v2"),
+        ({"pirate": 7}, "pirate--v3"),
+        ({"pirate": None}, "pirate--v3"),
+    ],
+)
+def test_name_resolves_to_its_stable_version_else_the_newest_servable(
+    stable: dict[str, int | None], served: str
+) -> None:
+    catalog = ModelCatalog("base", PIRATES, stable)
+    assert catalog.resolve("pirate").engine_model == served
+    # A pinned version is exact whatever the stable version is.
+    assert catalog.resolve("pirate@1").engine_model == "pirate--v1"
+
+
+def test_name_without_stable_version_resolves_to_newest_and_pins_resolve_exactly() -> None:
     catalog = ModelCatalog(
         "base",
         [
