@@ -10,15 +10,20 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 
+from gateway.config import DEFAULT_CACHE_DIR
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BIN_DIR = Path(sys.executable).parent
+# What `lora-gateway prepare` makes: the quantized base model and the demo adapters.
+DEFAULT_MODEL_DIR = DEFAULT_CACHE_DIR / "models" / "smollm2-135m-instruct-w8a8"
+DEFAULT_ADAPTER_ROOT = DEFAULT_CACHE_DIR / "adapters"
 
 
 class BenchError(RuntimeError):
@@ -164,3 +169,17 @@ def run_guarded(run: Callable[[], Any]) -> tuple[Any, float, float]:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     result = run()
     return result, load_before, load_average()
+
+
+@contextlib.contextmanager
+def gateway_process(
+    env: Mapping[str, str], log_file: Path, url: str, ready_timeout_s: float = 900
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`lora-gateway serve` (with its managed engine) ready at `url`; stopped on exit."""
+    gateway = spawn([sys.executable, "-m", "gateway.cli", "serve"], log_file, env)
+    try:
+        wait_ok(f"{url}/readyz", gateway, ready_timeout_s, log_file)
+        yield gateway
+    finally:
+        with contextlib.suppress(Exception):
+            stop(gateway, grace_s=30)

@@ -18,11 +18,9 @@ Prints a table; `--json FILE` writes the numbers. The load's failed requests mus
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import re
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -34,23 +32,20 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from gateway.config import DEFAULT_CACHE_DIR
 from gateway.testing.adapters import copy_adapter
 from loadtest.common import (
+    DEFAULT_ADAPTER_ROOT,
+    DEFAULT_MODEL_DIR,
     BenchError,
     child_env,
+    gateway_process,
     percentiles,
     run_guarded,
-    spawn,
-    stop,
-    wait_ok,
     write_json,
 )
 
 app = typer.Typer(add_completion=False, help=__doc__)
 console = Console()
-DEFAULT_MODEL_DIR = DEFAULT_CACHE_DIR / "models" / "smollm2-135m-instruct-w8a8"
-DEFAULT_ADAPTER_ROOT = DEFAULT_CACHE_DIR / "adapters"
 DEMO = ("pirate", "french", "shout")
 _LOAD_SUM = re.compile(r"^gateway_adapter_load_duration_seconds_sum\{[^}]*\} (\S+)$", re.M)
 
@@ -219,21 +214,15 @@ def main(
                 "GATEWAY_HEALTH_INTERVAL_S": "0.5",
             }
         )
-        log_file = Path(tmp) / "gateway.log"
-        gateway = spawn([sys.executable, "-m", "gateway.cli", "serve"], log_file, env)
         url = f"http://127.0.0.1:{port}"
 
         def run() -> dict[str, Any]:
-            try:
-                wait_ok(f"{url}/readyz", gateway, 900, log_file)
+            with gateway_process(env, Path(tmp) / "gateway.log", url):
                 return asyncio.run(
                     measure(
                         url, root, load_model, swap_model, reload_model, swaps, loads, concurrency
                     )
                 )
-            finally:
-                with contextlib.suppress(Exception):
-                    stop(gateway, grace_s=30)
 
         try:
             report, load_before, load_after = run_guarded(run)

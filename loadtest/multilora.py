@@ -36,12 +36,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from gateway.config import DEFAULT_CACHE_DIR
 from gateway.upstream.launcher import EngineProcess, EngineSpec, EngineStartError, engine_plugin_env
-from loadtest.common import BenchError, run_guarded, write_json
+from loadtest.common import (
+    DEFAULT_ADAPTER_ROOT,
+    DEFAULT_MODEL_DIR,
+    BenchError,
+    run_guarded,
+    write_json,
+)
 
-DEFAULT_MODEL_DIR = DEFAULT_CACHE_DIR / "models" / "smollm2-135m-instruct-w8a8"
-DEFAULT_ADAPTER_ROOT = DEFAULT_CACHE_DIR / "adapters"
 DEMO_ADAPTERS = ("pirate", "french", "shout")
 BASE = "base"
 PROMPTS = (

@@ -24,10 +24,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from gateway.config import DEFAULT_CACHE_DIR
 from gateway.upstream.launcher import EngineProcess, EngineSpec, EngineStartError
 from loadtest.common import (
     BIN_DIR,
+    DEFAULT_MODEL_DIR,
     BenchError,
     child_env,
     ensure_port_free,
@@ -41,7 +41,6 @@ from loadtest.common import (
 )
 
 # What `lora-gateway prepare` makes for the embedded default.
-DEFAULT_MODEL_DIR = DEFAULT_CACHE_DIR / "models" / "smollm2-135m-instruct-w8a8"
 SERVED_NAME = "smollm2-135m-instruct"
 AIM_RATIO = 0.97
 # The numbers compared between runs, as `vllm bench serve` names them in its result file.

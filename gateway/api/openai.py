@@ -40,7 +40,7 @@ router.add_route("/v1/completions", completions, ["POST"], include_in_schema=Fal
 
 @router.get("/models")
 async def list_models(service: ServiceDep, request: Request) -> dict[str, Any]:
-    """The base model, every adapter (newest version), every pinned `name@version`, and
+    """The base model, every adapter (its stable version), every pinned `name@version`, and
     `auto` while a route table is in use."""
     catalog = service.catalog
     data = []

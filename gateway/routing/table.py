@@ -11,7 +11,7 @@ default:                 # everything else: the base model, no adapter
   utterances: [...]      # optional: examples of what belongs to the base model
 routes:
   - name: pirate
-    adapter: pirate      # an adapter name (its newest version) or `name@version`
+    adapter: pirate      # an adapter name (its stable version) or `name@version`
     keywords: [ahoy]     # whole words or phrases, any case
     patterns: ['\\btalk like a pirate\\b']   # regexes, searched case-insensitively
     utterances: [...]    # example requests (at least one)

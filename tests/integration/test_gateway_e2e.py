@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import httpx
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from adapters.styles import classify_style
+from gateway.testing.adapters import copy_adapter
 
 from .conftest import BASE_NAME, EngineAssets, GatewayProcess
 
@@ -277,3 +285,139 @@ def test_engine_killed_mid_stream_ends_stream_then_recovers(
     ]
     assert len(loads) == 1 and 'outcome="ok"' in loads[0], loads
     assert float(loads[0].rsplit(" ", 1)[1]) == 2 * len(ADAPTERS)
+
+
+# Last in the module: it adds a route whose versions take LoRA slots and loads, which the
+# tests above count.
+def test_rollout_through_the_cli_shadow_canary_steps_promote_then_rollback(
+    gateway: GatewayProcess, engine_assets: EngineAssets
+) -> None:
+    route = f"rollout-{uuid.uuid4().hex[:8]}"
+    root = engine_assets.adapter_root
+    # v1 talks like a pirate, v2 shouts, v3 speaks French: the answer shows who served it.
+    for version, source in ((1, "pirate"), (2, "shout"), (3, "french")):
+        copy_adapter(engine_assets.adapters[source], root / route / f"v{version}", tag=route)
+    try:
+        for version in (1, 2, 3):
+            registered = httpx.post(
+                f"{gateway.url}/admin/adapters",
+                json={"name": route, "path": f"{route}/v{version}"},
+                timeout=60,
+            )
+            assert registered.status_code == 201, registered.text
+        _rollout_promoted(gateway, route)
+        _rollout_rolled_back(gateway, route)
+    finally:
+        shutil.rmtree(root / route, ignore_errors=True)
+
+
+def _cli(gateway: GatewayProcess, *args: str) -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "rollouts", *args, "--json"],
+        env={**os.environ, "LORA_GATEWAY_URL": gateway.url},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+def _ask(gateway: GatewayProcess, route: str, user: str) -> httpx.Response:
+    response = httpx.post(
+        f"{gateway.url}/v1/chat/completions",
+        json={
+            "model": route,
+            "user": user,
+            "messages": [{"role": "user", "content": "Tell me about snow."}],
+            "temperature": 0,
+            "max_tokens": 24,
+        },
+        timeout=120,
+    )
+    assert response.status_code == 200, response.text
+    return response
+
+
+def _served(response: httpx.Response) -> tuple[str, str, str]:
+    """(x-variant, the version vLLM says it ran, the answer's style)."""
+    body = response.json()
+    text = body["choices"][0]["message"]["content"]
+    return response.headers["x-variant"], body["model"], classify_style(text)
+
+
+def _rollout_promoted(gateway: GatewayProcess, route: str) -> None:
+    started = _cli(gateway, "start", route, "2", "--shadow-min-samples", "2", "--reason", "e2e")
+    assert (started["stage"], started["stable_version"]) == ("shadow", 1)
+    # Shadow: the client always gets v1; v2 answers copies in the background.
+    for index in range(3):
+        served = _served(_ask(gateway, route, f"shadow-user-{index}"))
+        assert served == ("stable", f"{route}--v1", "pirate"), served
+    pairs: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 120
+    while len(pairs) < 3 and time.monotonic() < deadline:
+        time.sleep(1)
+        pairs = _cli(gateway, "pairs", route)["data"]
+    assert len(pairs) == 3
+    assert all(p["shadow_status"] == 200 and p["shadow_version"] == 2 for p in pairs)
+    shadow_text = json.loads(pairs[0]["shadow_body"])["choices"][0]["message"]["content"]
+    assert classify_style(shadow_text) == "shout", shadow_text
+    users = [f"user-{i}" for i in range(2000)]
+    for weight in (1, 5, 25, 50, 100):
+        status = _cli(gateway, "advance", route)
+        assert (status["stage"], status["weight"]) == ("canary", weight)
+        variants = _cli(gateway, "assign", route, *users)["variants"]
+        on_canary = [u for u, v in zip(users, variants, strict=True) if v == "canary"]
+        on_stable = [u for u, v in zip(users, variants, strict=True) if v == "stable"]
+        assert on_canary, weight
+        served = _served(_ask(gateway, route, on_canary[0]))
+        assert served == ("canary", f"{route}--v2", "shout"), served
+        if on_stable:
+            served = _served(_ask(gateway, route, on_stable[0]))
+            assert served == ("stable", f"{route}--v1", "pirate"), served
+    promoted = _cli(gateway, "promote", route, "--reason", "e2e passed")
+    assert promoted["stage"] == "promoted"
+    actions = [e["action"] for e in promoted["events"]]
+    assert actions == ["rollout:start", *["rollout:advance"] * 5, "rollout:promote"]
+    answer = _ask(gateway, route, "anyone")
+    assert "x-variant" not in answer.headers and answer.headers["x-adapter"] == f"{route}@2"
+
+
+def _rollout_rolled_back(gateway: GatewayProcess, route: str) -> None:
+    _cli(gateway, "start", route, "3")
+    for _ in range(5):
+        _cli(gateway, "advance", route, "--force")
+    users = [f"late-user-{i}" for i in range(6)]
+    before = [_served(_ask(gateway, route, user)) for user in users[:2]]
+    assert all(s == ("canary", f"{route}--v3", "french") for s in before), before
+    rolled = _cli(gateway, "rollback", route, "--reason", "e2e: bad candidate")
+    assert (rolled["stage"], rolled["weight"]) == ("rolled_back", 0.0)
+    counted_before = _version_requests(gateway, route, "3")
+    # Everyone (the canary's users included) is back on the stable version, v2; the engine
+    # ran none of these requests with the candidate.
+    after = [_model_of(_ask(gateway, route, user)) for user in users * 2]
+    assert after.count(f"{route}--v3") == 0 and after.count(f"{route}--v2") == len(after)
+    assert _version_requests(gateway, route, "3") == counted_before
+    version = httpx.get(f"{gateway.url}/admin/adapters/{route}/versions/3", timeout=10).json()
+    assert version["pinned"] is False
+
+
+def _model_of(response: httpx.Response) -> str:
+    assert "x-variant" not in response.headers
+    model: str = response.json()["model"]
+    return model
+
+
+def _version_requests(gateway: GatewayProcess, route: str, version: str) -> float:
+    """Requests the gateway sent to `route@version` (its own counter, all endpoints)."""
+    text = httpx.get(f"{gateway.url}/metrics", timeout=10).text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "gateway_requests"
+        for sample in family.samples
+        if sample.name == "gateway_requests_total"
+        and sample.labels.get("adapter") == route
+        and sample.labels.get("version") == version
+    )

@@ -141,3 +141,50 @@ async def test_prometheus_scrapes_the_routing_metrics(gateway_url: str, promethe
             client, prometheus, 'gateway_route_classify_seconds_sum{method="embedding"}'
         )
         assert 0 < float(latency[0]["value"][1]) < 5
+
+
+async def test_prometheus_scrapes_the_rollout_metrics(gateway_url: str, prometheus: str) -> None:
+    async with httpx.AsyncClient(base_url=gateway_url, timeout=30) as client:
+        plan = {"shadow": {"sample_rate": 1.0}, "canary": [{"weight": 50}, {"weight": 100}]}
+        started = await client.post(
+            "/admin/rollouts", json={"route": "pirate", "version": 2, "plan": plan}
+        )
+        assert started.status_code == 201, started.text
+        for index in range(3):
+            body = {
+                "model": "pirate",
+                "user": f"u{index}",
+                "messages": [{"role": "user", "content": "hi"}],
+            }
+            assert (await client.post("/v1/chat/completions", json=body)).status_code == 200
+        await wait_for_value(
+            client, prometheus, 'gateway_rollout_stage{route="pirate",stage="shadow"}', 1
+        )
+        await wait_for_value(
+            client, prometheus, 'gateway_rollout_requests_total{route="pirate",variant="stable"}', 3
+        )
+        await wait_for_value(
+            client, prometheus, 'gateway_shadow_requests_total{route="pirate",outcome="sent"}', 3
+        )
+        await wait_for_value(
+            client,
+            prometheus,
+            'gateway_shadow_requests_total{route="pirate",outcome="completed"}',
+            3,
+        )
+        advanced = await client.post("/admin/rollouts/pirate/advance")
+        assert advanced.status_code == 200, advanced.text
+        await wait_for_value(
+            client, prometheus, 'gateway_rollout_canary_weight_percent{route="pirate"}', 50
+        )
+        await wait_for_value(
+            client, prometheus, 'gateway_rollout_stage{route="pirate",stage="canary"}', 1
+        )
+        rolled = await client.post("/admin/rollouts/pirate/rollback", json={"reason": "test"})
+        assert rolled.status_code == 200, rolled.text
+        await wait_for_value(
+            client, prometheus, 'gateway_rollout_stage{route="pirate",stage="rolled_back"}', 1
+        )
+        await wait_for_value(
+            client, prometheus, 'gateway_rollout_canary_weight_percent{route="pirate"}', 0
+        )
