@@ -7,8 +7,10 @@ requests per second to `model: "pirate"` in blocks that alternate OFF (no rollou
 SHADOW (a rollout of v2 in shadow with sample rate 1.0), in ABAB order after a warm-up.
 Per block: the primary's latency (whole non-streamed answer), errors, shadow copies sent,
 dropped and completed (the gateway's counters), and the engine's CPU seconds (its whole
-process group) per primary request. Prints the ratios SHADOW/OFF; `--json FILE` writes
-every number.
+process group) per primary request. Then the engine's capacity: `--saturate` closed-loop
+clients for `--saturate-duration` seconds with shadow OFF, then SHADOW; the primary's
+completions per second fall by the share of the engine that shadow copies take. Prints the
+ratios SHADOW/OFF; `--json FILE` writes every number.
 
     .venv/bin/python -m loadtest.shadow --json shadow.json
 """
@@ -95,13 +97,7 @@ async def _block(
 
     async def one(index: int) -> None:
         nonlocal errors
-        body = {
-            "model": ROUTE,
-            "messages": [{"role": "user", "content": PROMPTS[index % len(PROMPTS)]}],
-            "max_tokens": max_tokens,
-            "temperature": 0,
-            "user": f"bench-{seed}-{index}",
-        }
+        body = _chat_body(index, max_tokens, f"bench-{seed}-{index}")
         started = time.perf_counter()
         try:
             response = await client.post("/v1/chat/completions", json=body)
@@ -136,6 +132,52 @@ async def _block(
     }
 
 
+def _chat_body(index: int, max_tokens: int, user: str) -> dict[str, Any]:
+    return {
+        "model": ROUTE,
+        "messages": [{"role": "user", "content": PROMPTS[index % len(PROMPTS)]}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "user": user,
+    }
+
+
+async def _closed(
+    client: httpx.AsyncClient, concurrency: int, duration_s: float, max_tokens: int
+) -> dict[str, Any]:
+    """`concurrency` clients, each sending its next request when the last is answered."""
+    done: list[int] = []
+    errors = 0
+    deadline = time.perf_counter() + duration_s
+
+    async def worker(number: int) -> None:
+        nonlocal errors
+        index = 0
+        while time.perf_counter() < deadline:
+            body = _chat_body(index, max_tokens, f"closed-{number}-{index}")
+            index += 1
+            try:
+                response = await client.post("/v1/chat/completions", json=body)
+            except httpx.HTTPError:
+                errors += 1
+                continue
+            if response.status_code != 200:
+                errors += 1
+                continue
+            done.append(int(response.json()["usage"]["completion_tokens"]))
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker(n) for n in range(concurrency)))
+    wall = time.perf_counter() - start
+    return {
+        "completed": len(done),
+        "errors": errors,
+        "wall_s": wall,
+        "requests_per_s": len(done) / wall,
+        "tokens_per_s": sum(done) / wall,
+    }
+
+
 async def _set_shadow(client: httpx.AsyncClient, on: bool) -> None:
     if on:
         plan = {"shadow": {"sample_rate": 1.0}}
@@ -149,7 +191,13 @@ async def _set_shadow(client: httpx.AsyncClient, on: bool) -> None:
 
 
 async def measure(
-    url: str, state_dir: Path, rate: float, duration_s: float, rounds: int, max_tokens: int
+    url: str,
+    state_dir: Path,
+    rate: float,
+    duration_s: float,
+    rounds: int,
+    max_tokens: int,
+    saturate: tuple[int, float],
 ) -> dict[str, Any]:
     """Alternate OFF and SHADOW blocks; return each block's numbers."""
     timeout = httpx.Timeout(300.0, connect=5.0)
@@ -189,7 +237,20 @@ async def measure(
                 f"{result['latency_s']['p50'] * 1000:.0f} ms, p99 "
                 f"{result['latency_s']['p99'] * 1000:.0f} ms, errors {result['errors']}"
             )
-    return {"blocks": blocks, "summary": _summary(blocks)}
+        capacity = {}
+        for mode in ("off", "shadow"):
+            if mode == "shadow":
+                await _set_shadow(client, True)
+            capacity[mode] = await _closed(client, saturate[0], saturate[1], max_tokens)
+            capacity[mode]["shadow"] = await _counters(client)
+            console.print(f"saturated {mode}: {capacity[mode]['requests_per_s']:.2f} primary req/s")
+        await _set_shadow(client, False)
+    summary = _summary(blocks)
+    summary["capacity"] = capacity
+    summary["capacity"]["primary_throughput_lost"] = (
+        1 - capacity["shadow"]["requests_per_s"] / capacity["off"]["requests_per_s"]
+    )
+    return {"blocks": blocks, "summary": summary}
 
 
 def _summary(blocks: list[dict[str, Any]]) -> dict[str, Any]:
@@ -246,6 +307,8 @@ def main(
     rounds: Annotated[int, typer.Option(min=1, help="OFF/SHADOW pairs")] = 2,
     max_tokens: Annotated[int, typer.Option(min=1)] = 32,
     shadow_concurrency: Annotated[int, typer.Option(min=1)] = 4,
+    saturate: Annotated[int, typer.Option(min=1, help="Closed-loop clients")] = 4,
+    saturate_duration: Annotated[float, typer.Option(min=5)] = 45.0,
     port: Annotated[int, typer.Option()] = 8171,
     out: Annotated[Path | None, typer.Option("--json", help="Write the results as JSON")] = None,
 ) -> None:
@@ -276,7 +339,17 @@ def main(
         def run() -> dict[str, Any]:
             with gateway_process(env, Path(tmp) / "gateway.log", url):
                 shutil.move(str(staging), root / ROUTE / "v2")
-                return asyncio.run(measure(url, state_dir, rate, duration, rounds, max_tokens))
+                return asyncio.run(
+                    measure(
+                        url,
+                        state_dir,
+                        rate,
+                        duration,
+                        rounds,
+                        max_tokens,
+                        (saturate, saturate_duration),
+                    )
+                )
 
         try:
             report, load_before, load_after = run_guarded(run)
@@ -292,6 +365,13 @@ def main(
         f"{ratio['engine_cpu_per_request']:.2f}; shadow share of engine CPU "
         f"{summary['shadow_share_of_engine_cpu']:.0%}; shadow copies {summary['shadow']['shadow']}"
     )
+    capacity = summary["capacity"]
+    lost = capacity["primary_throughput_lost"]
+    console.print(
+        f"saturated ({saturate} clients): primary {capacity['off']['requests_per_s']:.2f}"
+        f" -> {capacity['shadow']['requests_per_s']:.2f} req/s with shadow on "
+        f"({lost:.0%} of the engine's throughput went to shadow copies)"
+    )
     for block in report["blocks"]:
         del block["latencies"]
     report["setup"] = {
@@ -300,6 +380,8 @@ def main(
         "rounds": rounds,
         "max_tokens": max_tokens,
         "shadow_concurrency": shadow_concurrency,
+        "saturate": saturate,
+        "saturate_duration_s": saturate_duration,
         "load_before": load_before,
         "load_after": load_after,
         "cpu_count": os.cpu_count(),
