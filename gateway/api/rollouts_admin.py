@@ -63,7 +63,8 @@ async def list_rollouts(
     data = []
     for row in rows:
         samples: Samples = await asyncio.to_thread(rollouts.store.samples, row.id)
-        data.append(RolloutOut.of(RolloutStatus(row, samples, [], [], False)))
+        status = RolloutStatus(row, samples, [], [], rollouts.warm_here(row.id))
+        data.append(RolloutOut.of(status))
     return RolloutList(data=data)
 
 

@@ -234,6 +234,10 @@ class RolloutManager:
         self._metrics.rollout_requests.labels(rollout.route, variant).inc()
         return Assignment(rollout.id, variant, target, shadow)
 
+    def warm_here(self, rollout_id: int) -> bool:
+        """Whether this gateway replica has warmed the rollout's candidate up."""
+        return rollout_id in self._warm
+
     def send_shadow(self, job: ShadowJob) -> PairHalf | None:
         """Start the shadow copy of a request whose primary was dispatched (None: dropped)."""
         return self.shadow.submit(job)
@@ -346,7 +350,7 @@ class RolloutManager:
         if row.active_route is not None:
             plan = RolloutPlan.model_validate(row.plan)
             missing = gate(row, plan, samples, datetime.now(UTC))
-        return RolloutStatus(row, samples, missing, events, row.id in self._warm)
+        return RolloutStatus(row, samples, missing, events, self.warm_here(row.id))
 
     def variants(self, route: str, subjects: Sequence[str]) -> tuple[LiveRollout, list[Variant]]:
         """What each subject gets from the route's rollout right now (for checks and tools)."""

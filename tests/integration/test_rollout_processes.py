@@ -103,11 +103,6 @@ def _status(url: str) -> dict[str, Any]:
     return _ok(httpx.get(f"{url}/admin/rollouts/{ROUTE}", timeout=10))
 
 
-def _assignments(url: str, subjects: list[str]) -> dict[str, Any]:
-    body = {"subjects": subjects}
-    return _ok(httpx.post(f"{url}/admin/rollouts/{ROUTE}/assignments", json=body, timeout=30))
-
-
 def _rollout_events(url: str) -> list[dict[str, Any]]:
     """The route's `rollout:*` audit events, oldest first."""
     params: dict[str, str | int] = {"adapter": ROUTE, "limit": 1000}
@@ -151,7 +146,12 @@ def _at_weight(gateway: GatewayHandle, weight: float, subjects: list[str]) -> li
     """The subjects' variants once this process's live view shows the rollout at `weight`."""
 
     def check() -> list[str] | None:
-        answer = _assignments(gateway.url, subjects)
+        body = {"subjects": subjects}
+        url = f"{gateway.url}/admin/rollouts/{ROUTE}/assignments"
+        response = httpx.post(url, json=body, timeout=30)
+        if response.status_code == 404:
+            return None  # this process has not read the rollout from the registry yet
+        answer = _ok(response)
         variants: list[str] = answer["variants"]
         return variants if answer["weight"] == weight else None
 
