@@ -343,78 +343,58 @@ def _command(
     _emit(r, as_json, f"{DONE[action]} rollout {r['id']} of {route}", *_status(r))
 
 
-@rollouts_app.command()
-def pause(
-    route: Route,
-    reason: Reason = None,
-    url: Url = DEFAULT_URL,
-    admin_key: AdminKey = None,
-    as_json: AsJson = False,
-) -> None:
-    """Hold the rollout where it is: the canary keeps its users, shadow copies stop."""
-    _command("pause", route, reason, url, admin_key, as_json)
+def _add_command(action: str, doc: str, *, with_force: bool) -> None:
+    """Register `rollouts <action> ROUTE` (with `--force` where a step's minimums apply)."""
+
+    def plain(
+        route: Route,
+        reason: Reason = None,
+        url: Url = DEFAULT_URL,
+        admin_key: AdminKey = None,
+        as_json: AsJson = False,
+    ) -> None:
+        _command(action, route, reason, url, admin_key, as_json)
+
+    def forced(
+        route: Route,
+        force: Force = False,
+        reason: Reason = None,
+        url: Url = DEFAULT_URL,
+        admin_key: AdminKey = None,
+        as_json: AsJson = False,
+    ) -> None:
+        _command(action, route, reason, url, admin_key, as_json, force=force)
+
+    chosen = forced if with_force else plain
+    chosen.__doc__ = doc
+    rollouts_app.command(action)(chosen)
 
 
-@rollouts_app.command()
-def resume(
-    route: Route,
-    reason: Reason = None,
-    url: Url = DEFAULT_URL,
-    admin_key: AdminKey = None,
-    as_json: AsJson = False,
-) -> None:
-    """Resume a paused rollout."""
-    _command("resume", route, reason, url, admin_key, as_json)
-
-
-@rollouts_app.command()
-def advance(
-    route: Route,
-    force: Force = False,
-    reason: Reason = None,
-    url: Url = DEFAULT_URL,
-    admin_key: AdminKey = None,
-    as_json: AsJson = False,
-) -> None:
-    """Move to the next canary step (from shadow: the first one)."""
-    _command("advance", route, reason, url, admin_key, as_json, force=force)
-
-
-@rollouts_app.command()
-def promote(
-    route: Route,
-    force: Force = False,
-    reason: Reason = None,
-    url: Url = DEFAULT_URL,
-    admin_key: AdminKey = None,
-    as_json: AsJson = False,
-) -> None:
-    """Make the candidate the stable version (from the last canary step, or --force)."""
-    _command("promote", route, reason, url, admin_key, as_json, force=force)
-
-
-@rollouts_app.command()
-def rollback(
-    route: Route,
-    reason: Reason = None,
-    url: Url = DEFAULT_URL,
-    admin_key: AdminKey = None,
-    as_json: AsJson = False,
-) -> None:
-    """Send every request back to the stable version at once and end the rollout."""
-    _command("rollback", route, reason, url, admin_key, as_json)
-
-
-@rollouts_app.command()
-def abort(
-    route: Route,
-    reason: Reason = None,
-    url: Url = DEFAULT_URL,
-    admin_key: AdminKey = None,
-    as_json: AsJson = False,
-) -> None:
-    """End the rollout without a verdict on the candidate (the stable version serves)."""
-    _command("abort", route, reason, url, admin_key, as_json)
+for _action, _doc, _force in (
+    (
+        "pause",
+        "Hold the rollout where it is: the canary keeps its users, shadow copies stop.",
+        False,
+    ),
+    ("resume", "Resume a paused rollout.", False),
+    ("advance", "Move to the next canary step (from shadow: the first one).", True),
+    (
+        "promote",
+        "Make the candidate the stable version (from the last canary step, or --force).",
+        True,
+    ),
+    (
+        "rollback",
+        "Send every request back to the stable version at once and end the rollout.",
+        False,
+    ),
+    (
+        "abort",
+        "End the rollout without a verdict on the candidate (the stable version serves).",
+        False,
+    ),
+):
+    _add_command(_action, _doc, with_force=_force)
 
 
 @rollouts_app.command()
