@@ -92,6 +92,8 @@ class RolloutSettings(BaseModel):
     # How often sample counts and shadow pairs are written to the registry, and a
     # candidate that did not warm up here is tried again.
     flush_s: float = Field(default=1.0, gt=0, le=60)
+    # Shadow pairs kept per rollout for comparison; later ones are counted as `unrecorded`.
+    max_pairs_per_rollout: int = Field(default=10_000, ge=0)
     # The request that must succeed on every replica before the candidate gets traffic.
     warmup_prompt: str = Field(default="Hello", min_length=1, max_length=4096)
     warmup_max_tokens: int = Field(default=1, ge=1, le=256)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -196,10 +196,26 @@ class RolloutStore:
         with self._sessions() as session:
             return _samples(session, rollout_id)
 
-    def add_pairs(self, pairs: Iterable[ShadowPairRow]) -> None:
-        """Keep (primary, shadow) answers for comparison."""
+    def add_pairs(self, pairs: Iterable[ShadowPairRow], *, limit: int) -> list[ShadowPairRow]:
+        """Keep (primary, shadow) answers for comparison, at most `limit` per rollout; the
+        pairs over the limit are returned (not stored)."""
+        kept: list[ShadowPairRow] = []
+        over: list[ShadowPairRow] = []
         with self._sessions.begin() as session:
-            session.add_all(list(pairs))
+            room: dict[int, int] = {}
+            for pair in pairs:
+                if pair.rollout_id not in room:
+                    stored = session.scalar(
+                        select(func.count()).where(ShadowPairRow.rollout_id == pair.rollout_id)
+                    )
+                    room[pair.rollout_id] = limit - (stored or 0)
+                if room[pair.rollout_id] > 0:
+                    room[pair.rollout_id] -= 1
+                    kept.append(pair)
+                else:
+                    over.append(pair)
+            session.add_all(kept)
+        return over
 
     def pairs(
         self, rollout_id: int, *, after: int = 0, limit: int = 100

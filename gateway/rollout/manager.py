@@ -3,9 +3,10 @@
 `RolloutManager` starts rollouts (after loading, pinning and warming the candidate on every
 replica), applies operators' commands through the state machine, and keeps an in-memory
 view of the active rollouts that each request consults without touching the database. The
-view is rebuilt whenever the registry changes (the lifecycle's refresh), so every gateway
-replica follows the same rollouts; assignment is a pure hash, so they agree on who is on the
-canary. Request counts and shadow pairs are written to the registry every `flush_s`.
+view is rebuilt whenever the registry changes (the lifecycle's refresh) and whenever the
+active rollouts differ from it (checked every `flush_s`), so every gateway replica follows
+the same rollouts within about a second; assignment is a pure hash, so they agree on who is
+on the canary. Request counts and shadow pairs are written to the registry every `flush_s`.
 """
 
 from __future__ import annotations
@@ -169,9 +170,18 @@ class RolloutManager:
             await asyncio.sleep(self._settings.flush_s)
             try:
                 await self.flush()
+                await self._follow()
                 self._warm_missing()
             except Exception:
-                log.exception("writing rollout samples failed; they are kept for the next try")
+                log.exception("rollout bookkeeping failed; it is tried again at the next tick")
+
+    async def _follow(self) -> None:
+        """Follow other replicas' rollout commands every tick rather than at the registry poll:
+        a rollback elsewhere reaches this replica within `flush_s`. A change rebuilds the whole
+        snapshot, so a promotion's new stable version arrives together with the rollout's end."""
+        rows = await asyncio.to_thread(self.store.active)
+        if {row.route: LiveRollout.of(row) for row in rows} != self._live:
+            await self._lifecycle.refresh()
 
     async def flush(self) -> None:
         """Write pending request counts and shadow pairs to the registry."""
@@ -187,7 +197,12 @@ class RolloutManager:
             if counts:
                 await asyncio.to_thread(self.store.add_samples, dict(counts))
             if pairs:
-                await asyncio.to_thread(self.store.add_pairs, pairs)
+                limit = self._settings.max_pairs_per_rollout
+                over = await asyncio.to_thread(self.store.add_pairs, pairs, limit=limit)
+                routes = {r.id: r.route for r in self._live.values()}
+                for pair in over:
+                    route = routes.get(pair.rollout_id, "-")
+                    self._metrics.shadow_requests.labels(route, "unrecorded").inc()
         except Exception:
             self._pending.update(counts)
             raise

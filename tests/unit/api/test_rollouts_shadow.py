@@ -213,3 +213,27 @@ async def test_shadow_copies_beyond_the_limit_are_dropped_never_queued(
     assert dropped > 0 and sent >= 1
     assert sent + dropped == 8
     assert len(copies(fake_state)) == sent == len(found)
+
+
+async def test_pairs_beyond_the_rollout_s_limit_are_counted_not_stored(
+    settings: Settings, fake_state: FakeEngineState
+) -> None:
+    capped = settings.model_copy(
+        update={"rollout": settings.rollout.model_copy(update={"max_pairs_per_rollout": 2})}
+    )
+    metrics = Metrics()
+    async with app_client(capped, metrics, TINY_BASE) as client:
+        assert (await start(client)).status_code == 201
+        for user in ("ann", "bob", "cid", "dee", "eve"):
+            assert (await ask(client, user)).status_code == 200
+
+        async def all_accounted() -> bool:
+            status = (await client.get(PIRATE)).json()
+            return bool(status["totals"].get("shadow") == 5)
+
+        await until(all_accounted, "five shadow answers counted")
+        stored = (await client.get(f"{PIRATE}/shadow-pairs")).json()["data"]
+
+    assert len(stored) == 2
+    assert shadow_count(metrics, "completed") == 5
+    assert shadow_count(metrics, "unrecorded") == 3
