@@ -55,6 +55,22 @@ def postgres_database(prefix: str = "test", server_url: str = POSTGRES_URL) -> I
         admin.dispose()
 
 
+def wait_until_ok(
+    url: str, proc: subprocess.Popen[bytes], timeout_s: float, what: str, interval_s: float = 0.1
+) -> None:
+    """Poll `url` until it answers 200; raise RuntimeError at once if `proc` exits,
+    TimeoutError after `timeout_s` (`what` names the process in both messages)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited early")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        time.sleep(interval_s)
+    raise TimeoutError(f"{what} not ready after {timeout_s}s")
+
+
 @dataclass
 class GatewayHandle:
     """One gateway process: its URL, environment and log; `kill()` is `kill -9`."""
@@ -77,17 +93,10 @@ class GatewayHandle:
 
     def wait_ready(self, timeout_s: float = 60.0) -> None:
         """Block until `/readyz` answers 200; fail at once if the process exits."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if not self.alive:
-                raise RuntimeError(f"gateway {self.name} exited early:\n{self.log_text()}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise TimeoutError(f"gateway {self.name} not ready after {timeout_s}s:\n{self.log_text()}")
+        try:
+            wait_until_ok(f"{self.url}/readyz", self.proc, timeout_s, self.name)
+        except (RuntimeError, TimeoutError) as exc:
+            raise type(exc)(f"gateway {exc}:\n{self.log_text()}") from None
 
     def kill(self) -> None:
         """SIGKILL the process group (no shutdown hooks run) and reap the process."""
@@ -148,17 +157,10 @@ class Processes:
         log = self.tmp / "engine.log"
         args = ["-m", "gateway.testing.fake_vllm", "serve", "x", "--port", str(self.engine_port)]
         proc = self._spawn([*args, "--served-model-name", ENGINE_MODEL], log, {})
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"the fake engine exited early:\n{log.read_text()}")
-            try:
-                if httpx.get(f"{self.engine_url}/health", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        raise TimeoutError(f"the fake engine did not start:\n{log.read_text()}")
+        try:
+            wait_until_ok(f"{self.engine_url}/health", proc, timeout_s, "the fake engine", 0.05)
+        except (RuntimeError, TimeoutError) as exc:
+            raise type(exc)(f"{exc}:\n{log.read_text()}") from None
 
     def gateway_env(
         self, name: str, port: int, env: Mapping[str, str] | None = None

@@ -7,12 +7,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 
 # Models come from local packages and files only: never ask a model hub.
@@ -20,6 +18,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from gateway.config import DEFAULT_CACHE_DIR
+from gateway.testing.processes import wait_until_ok
 from gateway.testing.server import free_port
 from gateway.upstream.supervisor import read_pid_file
 
@@ -77,17 +76,10 @@ class GatewayProcess:
 
     def wait_ready(self, timeout_s: float) -> None:
         """Block until /readyz answers 200."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"gateway exited early; see {self.log_file}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        raise TimeoutError(f"gateway not ready after {timeout_s}s; see {self.log_file}")
+        try:
+            wait_until_ok(f"{self.url}/readyz", self.proc, timeout_s, "gateway", interval_s=0.5)
+        except (RuntimeError, TimeoutError) as exc:
+            raise type(exc)(f"{exc}; see {self.log_file}") from None
 
     def stop(self) -> None:
         """Ctrl-C the gateway (it stops its engine), then make sure both are gone."""
