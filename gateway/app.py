@@ -10,20 +10,21 @@ from collections.abc import AsyncIterator
 import httpx
 from fastapi import FastAPI
 
-from gateway.api import admin, health, openai, rollouts_admin, routes_admin
+from gateway.api import admin_adapters, admin_rollouts, admin_route_table, health, openai
 from gateway.api.auth import ApiKeyMiddleware, KeyRing, describe_open_mode
 from gateway.api.errors import install_error_handlers
 from gateway.api.middleware import RequestContextMiddleware
 from gateway.api.serving import OpenAIService
+from gateway.catalog import CatalogView, ModelCatalog
 from gateway.config import Settings
-from gateway.lifecycle import AdapterLifecycle, BaseModel
+from gateway.lifecycle import AdapterLifecycle
 from gateway.metrics import Metrics
+from gateway.registry.changes import ChangeFeed
 from gateway.registry.database import make_engine, session_factory, upgrade
 from gateway.registry.rollouts import RolloutStore
 from gateway.registry.store import Registry
-from gateway.registry.validation import BaseModelInfo
+from gateway.registry.validation import BaseModelInfo, ServedBase
 from gateway.rollout.manager import RolloutManager
-from gateway.routing.catalog import CatalogView, ModelCatalog
 from gateway.routing.router import AutoRouter
 from gateway.upstream.launcher import EngineProcess, EngineSpec, engine_plugin_env
 from gateway.upstream.pool import UpstreamPool
@@ -45,16 +46,7 @@ def create_app(
     database = make_engine(settings.resolved_database_url)
     catalogs = CatalogView(ModelCatalog(settings.base_model_name))
     registry = Registry(session_factory(database))
-    lifecycle = AdapterLifecycle(
-        registry,
-        adapter_root=settings.resolved_adapter_root,
-        base=BaseModel(
-            settings.base_model_name, settings.base_model_id, base_info or _base_info(settings)
-        ),
-        max_rank=settings.engine.max_lora_rank,
-        metrics=metrics,
-        catalogs=catalogs,
-    )
+    changes = ChangeFeed(database, poll_s=settings.resolved_registry_poll_s)
     # Control-plane calls (health probes, adapter loads); requests go through `proxy`.
     client = httpx.AsyncClient(
         timeout=httpx.Timeout(30.0, connect=settings.upstream_connect_timeout_s)
@@ -62,7 +54,18 @@ def create_app(
     pool = UpstreamPool(
         settings.upstreams, client, metrics, capacity=settings.max_resident_adapters
     )
-    lifecycle.attach(pool)
+    lifecycle = AdapterLifecycle(
+        registry,
+        pool,
+        changes,
+        adapter_root=settings.resolved_adapter_root,
+        base=ServedBase(
+            settings.base_model_name, settings.base_model_id, base_info or _base_info(settings)
+        ),
+        max_rank=settings.engine.max_lora_rank,
+        metrics=metrics,
+        catalogs=catalogs,
+    )
     router = AutoRouter(registry, catalogs, settings.routing, metrics, cache_dir=settings.cache_dir)
     keyring = KeyRing.from_settings(settings)
     proxy = EngineProxy(
@@ -87,9 +90,8 @@ def create_app(
         for line in describe_open_mode(keyring.admin_configured, keyring.tenants_configured):
             log.warning("%s", line)
         await asyncio.to_thread(upgrade, database)
-        await lifecycle.start(seed=settings.seed_adapters, poll_s=settings.registry_poll_s)
+        await lifecycle.start(seed=settings.seed_adapters)
         await router.start(settings.routing.table)
-        lifecycle.on_refresh(router.refresh)
         if supervisor is not None:
             await supervisor.start()
         else:
@@ -99,12 +101,15 @@ def create_app(
         pool.start(settings.health_interval_s)
         # After the engines are checked: a rollout found running warms its candidate first.
         await rollouts.start()
-        lifecycle.on_refresh(rollouts.refresh)
+        # Every change to the registry, made here or by another replica, refreshes the parts
+        # in this order: the catalogue before the rollouts that name its versions, then
+        # versions that may no longer serve are unloaded.
+        await changes.start(lifecycle.refresh, router.refresh, rollouts.refresh, pool.sweep)
         try:
             yield
         finally:
+            await changes.stop()
             await rollouts.stop()
-            await lifecycle.stop()
             await router.close()
             await pool.stop()
             await proxy.close()
@@ -128,11 +133,12 @@ def create_app(
     app.state.rollouts = rollouts
     app.state.service = OpenAIService(catalogs, pool, proxy, metrics, router, rollouts)
     app.state.supervisor = supervisor
+    app.state.changes = changes
     install_error_handlers(app)
     app.include_router(openai.router)
-    app.include_router(admin.router)
-    app.include_router(routes_admin.router)
-    app.include_router(rollouts_admin.router)
+    app.include_router(admin_adapters.router)
+    app.include_router(admin_route_table.router)
+    app.include_router(admin_rollouts.router)
     app.include_router(health.router)
     # Added first, so it runs inside the request-id middleware (refusals carry the id).
     app.add_middleware(ApiKeyMiddleware, keyring=keyring, metrics=metrics)

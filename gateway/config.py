@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "lora-gateway"
@@ -161,8 +161,11 @@ class Settings(BaseSettings):
     database_url: str | None = None
     # On the first start (empty registry), register every `<adapter_root>/<name>/v<N>`.
     seed_adapters: bool = True
-    # How often the registry is re-read for changes made by other gateway replicas.
-    registry_poll_s: float = Field(default=5.0, gt=0)
+    # How often the registry's change counter (the newest audit event's id) is read, to
+    # pick up changes made by other gateway replicas. None: every second on SQLite (its only
+    # channel); every 30 s on PostgreSQL, where changes are pushed at once (LISTEN/NOTIFY)
+    # and this read is only a safety net.
+    registry_poll_s: float | None = Field(default=None, gt=0)
     # Adapter versions each engine replica keeps loaded; the least recently used unpinned
     # one is unloaded to make room. vLLM keeps loaded adapters in CPU memory and swaps them
     # into its `max_loras` batch slots as needed.
@@ -216,6 +219,20 @@ class Settings(BaseSettings):
             raise ValueError("two tenant keys have the same sha256")
         return keys
 
+    @field_validator("tenant_keys")
+    @classmethod
+    def _not_the_admin_key(cls, keys: list[TenantKey], info: ValidationInfo) -> list[TenantKey]:
+        # Otherwise one key would mean two principals. `admin_key_sha256` is declared above
+        # this field, so it is validated first (absent from `info.data` when it is invalid).
+        admin = info.data.get("admin_key_sha256")
+        for key in keys:
+            if key.key_sha256 == admin:
+                raise ValueError(
+                    f"tenant key {key.name!r} has the admin key's sha256 "
+                    "(GATEWAY_ADMIN_KEY_SHA256); the admin key and every tenant key must differ"
+                )
+        return keys
+
     @property
     def managed_engine(self) -> bool:
         """Whether the gateway starts vLLM itself."""
@@ -230,6 +247,13 @@ class Settings(BaseSettings):
     def resolved_database_url(self) -> str:
         """The registry database URL (the SQLite default under `state_dir`)."""
         return self.database_url or f"sqlite:///{self.state_dir.resolve() / 'registry.db'}"
+
+    @property
+    def resolved_registry_poll_s(self) -> float:
+        """The registry poll interval (see `registry_poll_s`)."""
+        if self.registry_poll_s is not None:
+            return self.registry_poll_s
+        return 30.0 if self.resolved_database_url.startswith("postgresql") else 1.0
 
     @property
     def resolved_model_dir(self) -> Path:

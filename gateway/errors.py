@@ -2,7 +2,8 @@
 
 GatewayError                      500 internal_error
 ├── InvalidRequest                400 invalid_request_error
-│   └── BodyTooLarge              413 invalid_request_error
+│   ├── BodyTooLarge              413 invalid_request_error / body_too_large
+│   └── InvalidRouteTable         400 invalid_request_error / invalid_route_table (every problem)
 ├── Unauthorized                  401 invalid_request_error / invalid_api_key
 ├── PermissionDenied              403 permission_error
 ├── RateLimited                   429 rate_limit_error (with Retry-After)
@@ -13,7 +14,9 @@ GatewayError                      500 internal_error
 ├── Conflict                      409 invalid_request_error / conflict (registry state)
 ├── ClassifierUnavailable         503 classifier_unavailable (the embedding model is missing)
 └── UpstreamError                 502 upstream_error
+    ├── AdapterLoadFailed         502 upstream_error / adapter_load_failed (marked failed)
     ├── UpstreamUnavailable       503 upstream_unavailable (no ready engine, connect failed)
+    │   └── NoRoom                503 upstream_unavailable (every adapter slot pinned or busy)
     └── UpstreamTimeout           504 upstream_timeout
 """
 
@@ -83,6 +86,16 @@ class RateLimited(GatewayError):
         self.retry_after_s = retry_after_s
 
 
+class InvalidRouteTable(InvalidRequest):
+    """A route table that cannot serve; the one in use stays."""
+
+    code = "invalid_route_table"
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("invalid route table: " + "; ".join(problems), param="routes")
+        self.problems = problems
+
+
 class ModelNotFound(GatewayError):
     """The `model` field names no base model, adapter or adapter version."""
 
@@ -142,6 +155,17 @@ class UpstreamUnavailable(UpstreamError):
 
     status_code = 503
     error_type = "upstream_unavailable"
+
+
+class AdapterLoadFailed(UpstreamError):
+    """The engine refused to load an adapter version, or its files changed (it is marked
+    failed)."""
+
+    code = "adapter_load_failed"
+
+
+class NoRoom(UpstreamUnavailable):
+    """Every resident version is pinned or busy: nothing can make room for another."""
 
 
 class UpstreamTimeout(UpstreamError):

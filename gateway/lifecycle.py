@@ -1,12 +1,15 @@
 """Adapter versions from registration to retirement: the registry and the replicas in step.
 
 `AdapterLifecycle` validates and registers versions, loads, unloads, pins, retires and
-deletes them, and keeps an in-memory snapshot of the registry (the servable versions, the
-catalogue clients resolve `model` against, the pins) that the request path reads without
-touching the database. The snapshot is rebuilt after every change made here and whenever
-the registry's newest audit event changes (another gateway replica changed something).
+deletes them, answers the admin API's questions about them, and keeps an in-memory snapshot
+of the registry (the servable versions, the catalogue clients resolve `model` against, the
+pins) that the request path reads without touching the database. A change made here
+rebuilds the snapshot at once; a change made anywhere else (another gateway replica, a
+rollout's promotion) reaches it through the registry follower (`gateway.registry.changes`).
+
 It is also the pool's `AdapterSource`: it checks files again before each load and records
-each load's outcome.
+each load's outcome. Those hooks run inside a replica's residency lock, so they record the
+state and *request* a refresh; the follower runs it.
 """
 
 from __future__ import annotations
@@ -14,50 +17,41 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from gateway.errors import Conflict, GatewayError, InvalidRequest, UpstreamUnavailable
-from gateway.metrics import Metrics
-from gateway.registry.schema import AdapterVersionRow, VersionState
-from gateway.registry.store import SERVABLE, Registration, Registry, VersionSpec
-from gateway.registry.validation import (
-    CONTENT_FILES,
-    BaseModelInfo,
-    confine,
-    content_sha256,
-    validate_adapter,
-)
-from gateway.routing.catalog import (
-    ADAPTER_NAME,
+from gateway.catalog import (
     AdapterVersion,
     CatalogView,
     ModelCatalog,
+    engine_name,
     scan_adapter_root,
 )
-from gateway.upstream.pool import AdapterLoadFailed, UpstreamPool
+from gateway.errors import (
+    AdapterLoadFailed,
+    Conflict,
+    GatewayError,
+    InvalidRequest,
+    UpstreamUnavailable,
+)
+from gateway.metrics import Metrics
+from gateway.registry.changes import ChangeFeed
+from gateway.registry.schema import Adapter, AdapterVersionRow, AuditEvent, VersionState
+from gateway.registry.store import SERVABLE, Registry
+from gateway.registry.validation import (
+    CONTENT_FILES,
+    ServedBase,
+    check_registration,
+    confine,
+    content_sha256,
+)
+from gateway.upstream.pool import UpstreamPool
 
 log = logging.getLogger(__name__)
-# Names clients use for something other than an adapter.
-RESERVED_NAMES = frozenset({"auto"})
 SYSTEM = "system"
-
-
-@dataclass(frozen=True)
-class BaseModel:
-    """The base model adapters must fit: its names and its shapes."""
-
-    served_name: str
-    model_id: str
-    info: BaseModelInfo | None
-
-    def accepts(self, named: str | None) -> bool:
-        """Whether an adapter naming `named` as its base fits (local paths are not names)."""
-        if not named or named.startswith(("/", ".", "~")):
-            return True
-        return named.lower() in {self.served_name.lower(), self.model_id.lower()}
 
 
 @dataclass(frozen=True)
@@ -72,66 +66,76 @@ class RegisterCommand:
     reason: str = ""
 
 
+@dataclass(frozen=True)
+class VersionView:
+    """A version as the admin API shows it: its registry row and the replicas holding it."""
+
+    row: AdapterVersionRow
+    resident_on: list[str]
+    # A registration that found the same files registered already did not create this one.
+    created: bool = False
+
+    @property
+    def name(self) -> str:
+        """The adapter's name."""
+        return self.row.adapter.name
+
+
+@dataclass(frozen=True)
+class AdapterView:
+    """An adapter with every version."""
+
+    name: str
+    created_at: datetime
+    versions: list[VersionView]
+
+
 class AdapterLifecycle:
     """Registers, loads, pins, retires and deletes adapter versions."""
 
     def __init__(
         self,
         registry: Registry,
+        pool: UpstreamPool,
+        changes: ChangeFeed,
         *,
         adapter_root: Path,
-        base: BaseModel,
+        base: ServedBase,
         max_rank: int,
         metrics: Metrics,
         catalogs: CatalogView,
     ) -> None:
-        self.registry = registry
+        self._registry = registry
+        self._pool = pool
+        self._changes = changes
         self._root = adapter_root
         self._base = base
         self._max_rank = max_rank
         self._metrics = metrics
         self._catalogs = catalogs
-        self._pool: UpstreamPool | None = None
         self._servable: dict[str, AdapterVersion] = {}
+        self._stable: dict[str, int | None] = {}
         self._states: dict[str, VersionState] = {}
         self._pinned: set[str] = set()
         self._wanted: list[str] = []
         self._verified: dict[str, tuple[str, tuple[tuple[int, int, int, int], ...]]] = {}
-        self._seen_event = -1
-        self._task: asyncio.Task[None] | None = None
-        self._listeners: list[Callable[[], Awaitable[None]]] = []
         self._guard: Callable[[str, int], int | None] = lambda name, version: None
-
-    def attach(self, pool: UpstreamPool) -> None:
-        """The pool whose replicas hold the versions."""
-        self._pool = pool
+        # The pool asks this lifecycle what to load, and tells it what happened.
         pool.source = self
-
-    def on_refresh(self, listener: Callable[[], Awaitable[None]]) -> None:
-        """Call `listener` after every snapshot rebuild (the registry may have changed)."""
-        self._listeners.append(listener)
 
     def protect(self, guard: Callable[[str, int], int | None]) -> None:
         """`guard(name, version)` names the rollout that needs a version (it is not unloaded,
         unpinned, retired or deleted while that rollout is active)."""
         self._guard = guard
 
-    @property
-    def pool(self) -> UpstreamPool:
-        assert self._pool is not None, "attach a pool first"
-        return self._pool
-
     # -- the snapshot ------------------------------------------------------------------
 
     async def refresh(self) -> None:
-        """Rebuild the snapshot from the registry."""
-        seen = await asyncio.to_thread(self.registry.last_event_id)
-        rows = await asyncio.to_thread(self.registry.servable)
+        """Rebuild the snapshot from the registry (after a change here or anywhere)."""
+        rows = await asyncio.to_thread(self._registry.servable)
         servable: dict[str, AdapterVersion] = {}
         for row in rows:
-            version = AdapterVersion(
-                row.adapter.name, row.version, Path(row.path), sha256=row.sha256
-            )
+            version = _version_of(row)
             servable[version.engine_name] = version
             self._states[version.engine_name] = row.state
         # Ready versions, most recently changed first, are what a fresh replica loads.
@@ -143,50 +147,28 @@ class AdapterLifecycle:
         self._servable = servable
         self._pinned = {_engine_name(r) for r in rows if r.pinned}
         self._wanted = [*sorted(self._pinned), *(_engine_name(r) for r in ready)]
-        stable = {r.adapter.name: r.adapter.stable_version for r in rows}
-        self._catalogs.current = ModelCatalog(self._base.served_name, servable.values(), stable)
-        self._seen_event = seen
-        if self._pool is not None:
-            self.pool.apply_pins()
-        for listener in self._listeners:
-            try:
-                await listener()
-            except Exception:
-                log.exception("a registry listener failed; it runs again at the next change")
+        self._stable = {r.adapter.name: r.adapter.stable_version for r in rows}
+        self._publish()
+        self._pool.apply_pins()
 
-    async def start(self, *, seed: bool, poll_s: float) -> None:
-        """Recover from a crash, seed an empty registry, build the snapshot, start polling."""
-        recovered = await asyncio.to_thread(self.registry.recover_interrupted, actor=SYSTEM)
+    def _publish(self) -> None:
+        """Make the servable versions the catalogue the request path resolves against."""
+        self._catalogs.current = ModelCatalog(
+            self._base.served_name, self._servable.values(), self._stable
+        )
+
+    async def start(self, *, seed: bool) -> None:
+        """Recover from a crash, seed an empty registry and build the snapshot."""
+        recovered = await asyncio.to_thread(self._registry.recover_interrupted, actor=SYSTEM)
         for row in recovered:
             log.warning(
                 "%s@%s was left loading by a crash; it is registered again",
                 row.adapter.name,
                 row.version,
             )
-        if seed and not await asyncio.to_thread(self.registry.adapters):
+        if seed and not await asyncio.to_thread(self._registry.adapters):
             await self._seed()
         await self.refresh()
-        self._task = asyncio.create_task(self._poll(poll_s), name="registry-poll")
-
-    async def stop(self) -> None:
-        """Stop polling the registry."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    async def _poll(self, interval_s: float) -> None:
-        while True:
-            await asyncio.sleep(interval_s)
-            try:
-                if await asyncio.to_thread(self.registry.last_event_id) != self._seen_event:
-                    await self.refresh()
-                # Every tick, changed or not: a version retired while requests used it is
-                # unloaded once they are done.
-                await self.pool.sweep()
-            except Exception:
-                log.exception("reading the registry failed; the last snapshot keeps serving")
 
     async def _seed(self) -> None:
         root = self._root.resolve()
@@ -194,10 +176,8 @@ class AdapterLifecycle:
             relative = found.path.relative_to(root).as_posix()
             command = RegisterCommand(found.name, relative, reason="found under the adapter root")
             with contextlib.suppress(InvalidRequest):
-                registration = await self.register(command, actor=f"{SYSTEM}:seed", refresh=False)
-                log.info(
-                    "registered %s@%s from %s", found.name, registration.version.version, relative
-                )
+                view = await self.register(command, actor=f"{SYSTEM}:seed", refresh=False)
+                log.info("registered %s@%s from %s", found.name, view.row.version, relative)
 
     # -- the pool's adapter source ------------------------------------------------------
 
@@ -217,7 +197,7 @@ class AdapterLifecycle:
             # The files moved, vanished or changed since registration: never load them.
             message = exc.message if isinstance(exc, InvalidRequest) else str(exc)
             self._metrics.adapter_load_failures.labels("-", "changed").inc()
-            await self._mark_failed(version, message)
+            await self._record_failed(version, message)
             raise AdapterLoadFailed(f"{version.ref} cannot be loaded: {message}") from exc
 
     def _verify(self, version: AdapterVersion) -> str:
@@ -238,10 +218,10 @@ class AdapterLifecycle:
 
     async def after_load(self, version: AdapterVersion, replica: str, error: str | None) -> None:
         if error is not None:
-            await self._mark_failed(version, f"the engine at {replica} refused it: {error}")
+            await self._record_failed(version, f"the engine at {replica} refused it: {error}")
         elif self._states.get(version.engine_name) == VersionState.REGISTERED:
             await asyncio.to_thread(
-                self.registry.set_state,
+                self._registry.set_state,
                 version.name,
                 version.version,
                 VersionState.READY,
@@ -250,109 +230,118 @@ class AdapterLifecycle:
             )
             self._states[version.engine_name] = VersionState.READY
 
-    async def _mark_failed(self, version: AdapterVersion, reason: str) -> None:
+    async def _record_failed(self, version: AdapterVersion, reason: str) -> None:
+        """Mark a version failed; the follower takes it out of the snapshot (this runs inside
+        a replica's residency lock: never a refresh here)."""
         with contextlib.suppress(Conflict):
             await asyncio.to_thread(
-                self.registry.set_state,
+                self._registry.set_state,
                 version.name,
                 version.version,
                 VersionState.FAILED,
                 actor=f"{SYSTEM}:loader",
                 reason=reason,
             )
-        await self.refresh()
+        self._states[version.engine_name] = VersionState.FAILED
+        # Out of the catalogue at once (in memory: no database read under the lock); the
+        # follower's refresh brings the rest of the snapshot in line.
+        self._servable = {k: v for k, v in self._servable.items() if k != version.engine_name}
+        self._publish()
+        self._changes.request()
+
+    # -- reads -------------------------------------------------------------------------
+
+    def following(self) -> dict[str, object]:
+        """How this replica learns of changes made elsewhere (for `/readyz`)."""
+        return self._changes.describe()
+
+    async def adapters(self) -> list[AdapterView]:
+        """Every adapter with every version, by name."""
+        adapters = await asyncio.to_thread(self._registry.adapters)
+        return [self._adapter_view(a) for a in adapters]
+
+    async def adapter(self, name: str) -> AdapterView:
+        """One adapter with every version."""
+        return self._adapter_view(await asyncio.to_thread(self._registry.adapter, name))
+
+    async def version(self, name: str, version: int) -> VersionView:
+        """One version."""
+        return self._view(await asyncio.to_thread(self._registry.version, name, version))
+
+    async def audit(self, adapter: str | None, limit: int) -> Sequence[AuditEvent]:
+        """The newest audit events (of one adapter, or of all), oldest first."""
+        return await asyncio.to_thread(self._registry.audit, adapter, limit)
+
+    def _view(self, row: AdapterVersionRow, *, created: bool = False) -> VersionView:
+        name = _engine_name(row)
+        replicas = [r.url for r in self._pool.replicas if r.residency.holds(name)]
+        return VersionView(row, replicas, created)
+
+    def _adapter_view(self, adapter: Adapter) -> AdapterView:
+        versions = [self._view(v) for v in adapter.versions]
+        return AdapterView(adapter.name, adapter.created_at, versions)
 
     # -- admin operations ---------------------------------------------------------------
 
     async def register(
         self, command: RegisterCommand, *, actor: str, refresh: bool = True
-    ) -> Registration:
+    ) -> VersionView:
         """Validate the files and register them (the same content again: the same version)."""
         with self._counted("register"):
             try:
-                spec = await asyncio.to_thread(self._validate, command)
+                spec = await asyncio.to_thread(
+                    check_registration,
+                    command.name,
+                    command.path,
+                    sha256=command.sha256,
+                    base_model=command.base_model,
+                    manifest=command.manifest,
+                    base=self._base,
+                    root=self._root,
+                    max_rank=self._max_rank,
+                )
             except InvalidRequest as exc:
                 detail = {"path": command.path, "param": exc.param}
                 await asyncio.to_thread(
-                    self.registry.record_refusal, command.name, exc.message, detail, actor=actor
+                    self._registry.record_refusal, command.name, exc.message, detail, actor=actor
                 )
                 raise
             registration = await asyncio.to_thread(
-                self.registry.register, command.name, spec, actor=actor, reason=command.reason
+                self._registry.register, command.name, spec, actor=actor, reason=command.reason
             )
             if refresh:
                 await self.refresh()
-            return registration
-
-    def _validate(self, command: RegisterCommand) -> VersionSpec:
-        name = command.name
-        if not ADAPTER_NAME.match(name) or "--" in name:
-            raise InvalidRequest(
-                "name must be 1-63 lowercase letters, digits, '.', '_' or '-' (no '--')",
-                param="name",
-            )
-        if name in RESERVED_NAMES or name == self._base.served_name:
-            raise InvalidRequest(f"{name!r} is reserved", param="name")
-        if self._base.info is None:
-            raise InvalidRequest(
-                "the gateway does not know the base model's shapes; set GATEWAY_ENGINE__MODEL_DIR",
-                param="path",
-            )
-        manifest = dict(command.manifest or {})
-        for named in (command.base_model, manifest.get("base_model")):
-            if isinstance(named, str) and not self._base.accepts(named):
-                raise InvalidRequest(
-                    f"the adapter is for base model {named!r}; this gateway serves "
-                    f"{self._base.model_id!r}",
-                    param="base_model",
-                )
-        checked = validate_adapter(
-            self._root,
-            command.path,
-            self._base.info,
-            max_rank=self._max_rank,
-            expected_sha256=command.sha256,
-        )
-        if not self._base.accepts(checked.base_model):
-            raise InvalidRequest(
-                f"adapter_config.json names base model {checked.base_model!r}; this gateway "
-                f"serves {self._base.model_id!r}",
-                param="path",
-            )
-        return VersionSpec(
-            path=checked.relative,
-            sha256=checked.sha256,
-            base_model=self._base.model_id,
-            rank=checked.rank,
-            target_modules=checked.target_modules,
-            manifest=manifest,
-        )
+            return self._view(registration.version, created=registration.created)
 
     async def load(
         self, name: str, version: int, *, pin: bool, actor: str, reason: str
-    ) -> AdapterVersionRow:
+    ) -> VersionView:
         """Load a version into every healthy replica now (and pin it if asked)."""
         with self._counted("load"):
-            row = await asyncio.to_thread(self.registry.version, name, version)
+            row = await asyncio.to_thread(self._registry.version, name, version)
             if row.state == VersionState.RETIRED:
                 raise Conflict(f"{row_ref(row)} is retired", param="version")
-            if not self.pool.healthy_replicas():
+            if not self._pool.healthy_replicas():
                 raise UpstreamUnavailable("No inference engine is ready; retry shortly.")
             previous = row.state
             await self._set(row, VersionState.LOADING, actor, reason)
+            target = _engine_name(row)
             if pin:
                 await asyncio.to_thread(
-                    self.registry.set_pinned, name, version, True, actor=actor, reason=reason
+                    self._registry.set_pinned, name, version, True, actor=actor, reason=reason
                 )
-            await self.refresh()
+                self._pool.pin(target)
+            # Loadable now (a failed version tried again); the one refresh below agrees.
+            self._servable = {**self._servable, target: _version_of(row)}
+            self._states[target] = VersionState.LOADING
             try:
-                await self.pool.load_everywhere(_engine_name(row))
+                await self._pool.load_everywhere(target)
             except GatewayError as exc:
                 # A refused load already marked the version failed; either way the pin
                 # this call asked for goes too, so a failed call leaves no half of itself.
                 if pin and not row.pinned:
                     await asyncio.to_thread(
-                        self.registry.set_pinned,
+                        self._registry.set_pinned,
                         name,
                         version,
                         False,
@@ -366,67 +355,68 @@ class AdapterLifecycle:
                 raise
             row = await self._set(row, VersionState.READY, actor, reason)
             await self.refresh()
-            return row
+            return self._view(row)
 
-    async def unload(
-        self, name: str, version: int, *, actor: str, reason: str
-    ) -> AdapterVersionRow:
+    async def unload(self, name: str, version: int, *, actor: str, reason: str) -> VersionView:
         """Unpin a version and unload it from every replica (it stays servable)."""
         with self._counted("unload"):
             self._refuse_in_rollout(name, version, "unloaded")
-            row = await asyncio.to_thread(self.registry.version, name, version)
+            row = await asyncio.to_thread(self._registry.version, name, version)
             self._refuse_busy(row, "unloaded")
             if row.pinned:
                 await asyncio.to_thread(
-                    self.registry.set_pinned, name, version, False, actor=actor, reason=reason
+                    self._registry.set_pinned, name, version, False, actor=actor, reason=reason
                 )
             if row.state in (VersionState.READY, VersionState.LOADING):
                 row = await self._set(row, VersionState.REGISTERED, actor, reason or "unloaded")
             await self.refresh()
-            await self.pool.remove_everywhere(_engine_name(row))
-            return await asyncio.to_thread(self.registry.version, name, version)
+            await self._pool.remove_everywhere(_engine_name(row))
+            return await self.version(name, version)
 
     async def set_pinned(
         self, name: str, version: int, pinned: bool, *, actor: str, reason: str
-    ) -> AdapterVersionRow:
+    ) -> VersionView:
         """Pin (never evicted) or unpin a version."""
         with self._counted("pin" if pinned else "unpin"):
             if not pinned:
                 self._refuse_in_rollout(name, version, "unpinned")
             row = await asyncio.to_thread(
-                self.registry.set_pinned, name, version, pinned, actor=actor, reason=reason
+                self._registry.set_pinned, name, version, pinned, actor=actor, reason=reason
             )
             await self.refresh()
-            return row
+            return self._view(row)
 
-    async def retire(
-        self, name: str, version: int, *, actor: str, reason: str
-    ) -> AdapterVersionRow:
+    async def set_stable(self, name: str, version: int, *, actor: str, reason: str) -> VersionView:
+        """Serve `name@version` under `name` (the caller makes sure no rollout is running)."""
+        row = await asyncio.to_thread(
+            self._registry.set_stable, name, version, actor=actor, reason=reason
+        )
+        await self.refresh()
+        return self._view(row)
+
+    async def retire(self, name: str, version: int, *, actor: str, reason: str) -> VersionView:
         """Stop serving a version for good and unload it once no request uses it."""
         with self._counted("retire"):
             self._refuse_in_rollout(name, version, "retired")
-            row = await asyncio.to_thread(self.registry.version, name, version)
+            row = await asyncio.to_thread(self._registry.version, name, version)
             if row.state == VersionState.RETIRED:
                 # `set_state` treats the same state as a no-op; retiring twice is a mistake.
                 raise Conflict(f"{row_ref(row)} is retired already", param="version")
             row = await self._set(row, VersionState.RETIRED, actor, reason)
             await self.refresh()
-            await self.pool.remove_everywhere(_engine_name(row))
-            return row
+            await self._pool.remove_everywhere(_engine_name(row))
+            return self._view(row)
 
     async def delete(self, name: str, version: int, *, actor: str, reason: str) -> None:
         """Remove a retired or failed version from the registry."""
         with self._counted("delete"):
             self._refuse_in_rollout(name, version, "deleted")
-            row = await asyncio.to_thread(self.registry.version, name, version)
+            row = await asyncio.to_thread(self._registry.version, name, version)
             self._refuse_busy(row, "deleted")
-            await asyncio.to_thread(self.registry.delete, name, version, actor=actor, reason=reason)
+            await asyncio.to_thread(
+                self._registry.delete, name, version, actor=actor, reason=reason
+            )
             await self.refresh()
-
-    def resident_on(self, row: AdapterVersionRow) -> list[str]:
-        """The replicas holding a version right now."""
-        name = _engine_name(row)
-        return [r.url for r in self.pool.replicas if name in r.residency.resident]
 
     def _refuse_in_rollout(self, name: str, version: int, what: str) -> None:
         rollout = self._guard(name, version)
@@ -439,7 +429,7 @@ class AdapterLifecycle:
             )
 
     def _refuse_busy(self, row: AdapterVersionRow, what: str) -> None:
-        busy = self.pool.busy(_engine_name(row))
+        busy = self._pool.busy(_engine_name(row))
         if busy:
             raise Conflict(
                 f"{row_ref(row)} is serving {busy} requests; it cannot be {what} now",
@@ -450,7 +440,7 @@ class AdapterLifecycle:
         self, row: AdapterVersionRow, state: VersionState, actor: str, reason: str
     ) -> AdapterVersionRow:
         return await asyncio.to_thread(
-            self.registry.set_state,
+            self._registry.set_state,
             row.adapter.name,
             row.version,
             state,
@@ -469,7 +459,11 @@ class AdapterLifecycle:
 
 
 def _engine_name(row: AdapterVersionRow) -> str:
-    return f"{row.adapter.name}--v{row.version}"
+    return engine_name(row.adapter.name, row.version)
+
+
+def _version_of(row: AdapterVersionRow) -> AdapterVersion:
+    return AdapterVersion(row.adapter.name, row.version, Path(row.path), sha256=row.sha256)
 
 
 def row_ref(row: AdapterVersionRow) -> str:

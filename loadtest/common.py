@@ -21,9 +21,13 @@ from gateway.config import DEFAULT_CACHE_DIR
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BIN_DIR = Path(sys.executable).parent
-# What `lora-gateway prepare` makes: the quantized base model and the demo adapters.
+# What `scripts/run.sh` prepares: the quantized base model (`lora-gateway prepare`) and the
+# demo adapters (`python -m adapters train-demo`).
 DEFAULT_MODEL_DIR = DEFAULT_CACHE_DIR / "models" / "smollm2-135m-instruct-w8a8"
 DEFAULT_ADAPTER_ROOT = DEFAULT_CACHE_DIR / "adapters"
+
+
+MISSING_ASSETS = "run `scripts/run.sh` once (it prepares the model and trains the demo adapters)"
 
 
 class BenchError(RuntimeError):

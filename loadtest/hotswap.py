@@ -36,6 +36,7 @@ from gateway.testing.adapters import copy_adapter
 from loadtest.common import (
     DEFAULT_ADAPTER_ROOT,
     DEFAULT_MODEL_DIR,
+    MISSING_ASSETS,
     BenchError,
     child_env,
     gateway_process,
@@ -198,7 +199,7 @@ def main(
     """Measure register-to-first-served and load latency while another adapter is busy."""
     missing = [n for n in DEMO if not (adapter_root / n / "v1").is_dir()]
     if missing or not model_dir.is_dir():
-        console.print(f"[red]missing model or adapters ({missing}); run `lora-gateway prepare`")
+        console.print(f"[red]missing model or adapters ({missing}); {MISSING_ASSETS}")
         raise typer.Exit(2)
     with tempfile.TemporaryDirectory(prefix="hotswap-") as tmp:
         root = Path(tmp) / "adapters"

@@ -40,6 +40,7 @@ from gateway.upstream.launcher import EngineProcess, EngineSpec, EngineStartErro
 from loadtest.common import (
     DEFAULT_ADAPTER_ROOT,
     DEFAULT_MODEL_DIR,
+    MISSING_ASSETS,
     BenchError,
     run_guarded,
     write_json,
@@ -304,7 +305,7 @@ def main(
         cases.append(EngineCase("grouped-eager", enable_lora=True, compile_lora=False))
     missing = [n for n in DEMO_ADAPTERS if not (adapter_root / n / "v1").is_dir()]
     if missing or not model_dir.is_dir():
-        console.print(f"[red]missing model or adapters ({missing}); run `lora-gateway prepare`")
+        console.print(f"[red]missing model or adapters ({missing}); {MISSING_ASSETS}")
         raise typer.Exit(2)
     with tempfile.TemporaryDirectory(prefix="multilora-") as tmp:
         plan = Plan(

@@ -38,6 +38,7 @@ from gateway.upstream.supervisor import read_pid_file
 from loadtest.common import (
     DEFAULT_ADAPTER_ROOT,
     DEFAULT_MODEL_DIR,
+    MISSING_ASSETS,
     BenchError,
     child_env,
     gateway_process,
@@ -314,7 +315,7 @@ def main(
 ) -> None:
     """Measure what shadowing every request costs the primary and the engine."""
     if not (adapter_root / ROUTE / "v1").is_dir() or not model_dir.is_dir():
-        console.print("[red]missing model or adapters; run `lora-gateway prepare`")
+        console.print(f"[red]missing model or adapters; {MISSING_ASSETS}")
         raise typer.Exit(2)
     with tempfile.TemporaryDirectory(prefix="shadow-") as tmp:
         root = Path(tmp) / "adapters"

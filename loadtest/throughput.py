@@ -40,7 +40,7 @@ from loadtest.common import (
     write_json,
 )
 
-# What `lora-gateway prepare` makes for the embedded default.
+# The embedded default's served model name.
 SERVED_NAME = "smollm2-135m-instruct"
 AIM_RATIO = 0.97
 # The numbers compared between runs, as `vllm bench serve` names them in its result file.

@@ -21,6 +21,15 @@ def request_id_of(request: Request) -> str:
     return str(getattr(request.state, "request_id", "-"))
 
 
+def invalid_json_message(problem: str, document: str | bytes, position: int) -> str:
+    """What is wrong with a body that is not JSON, and where (line and column, 1-based)."""
+    text = document.decode("utf-8", "replace") if isinstance(document, bytes) else document
+    before = text[:position]
+    line = before.count("\n") + 1
+    column = position - (before.rfind("\n") + 1) + 1
+    return f"Request body is not valid JSON: {problem} (line {line}, column {column})."
+
+
 def error_response(error: GatewayError) -> JSONResponse:
     """A JSON error response for a gateway error."""
     headers = {"retry-after": "1"} if error.status_code == 503 else None
@@ -41,6 +50,13 @@ def install_error_handlers(app: FastAPI) -> None:
     async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
         first = exc.errors()[0] if exc.errors() else {}
+        if first.get("type") == "json_invalid":
+            # FastAPI puts the character offset where a field name goes: say what is wrong.
+            loc = first.get("loc", ())
+            position = loc[-1] if loc and isinstance(loc[-1], int) else 0
+            problem = first.get("ctx", {}).get("error", "JSON decode error")
+            message = invalid_json_message(problem, exc.body or "", position)
+            return JSONResponse(error_body(message, "invalid_request_error"), status_code=400)
         loc = [str(p) for p in first.get("loc", ()) if p != "body"]
         message = first.get("msg", "Invalid request.")
         param = ".".join(loc) or None

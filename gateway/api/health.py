@@ -6,7 +6,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from gateway.api.deps import MetricsDep, PoolDep
+from gateway.api.deps import LifecycleDep, MetricsDep, PoolDep
 
 router = APIRouter()
 
@@ -18,17 +18,19 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz")
-async def readyz(pool: PoolDep) -> JSONResponse:
-    """Ready when at least one engine replica is healthy."""
+async def readyz(pool: PoolDep, lifecycle: LifecycleDep) -> JSONResponse:
+    """Ready when at least one engine replica is healthy; also how registry changes arrive."""
     replicas = [
         {"url": r.url, "healthy": r.healthy, "in_flight": r.in_flight, "error": r.last_error}
         for r in pool.replicas
     ]
     status = 200 if pool.ready else 503
-    return JSONResponse(
-        {"status": "ready" if pool.ready else "not_ready", "upstreams": replicas},
-        status_code=status,
-    )
+    body = {
+        "status": "ready" if pool.ready else "not_ready",
+        "upstreams": replicas,
+        "registry": lifecycle.following(),
+    }
+    return JSONResponse(body, status_code=status)
 
 
 @router.get("/metrics")

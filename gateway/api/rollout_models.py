@@ -7,9 +7,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from gateway.api.admin_models import AdminBody, AuditOut
-from gateway.registry.rollouts import SHADOW_STEP
+from gateway.api.adapter_models import AdminBody, AuditOut
 from gateway.rollout.manager import RolloutStatus
+from gateway.rollout.plan import step_name
 
 _Reason = Field(default="", max_length=1024)
 
@@ -108,7 +108,7 @@ class RolloutOut(BaseModel):
             time_in_step_s=round((end - row.step_started_at).total_seconds(), 3),
             ended_at=row.ended_at,
             samples=[
-                StepSamples(step=s, name=_step_name(s, canary), counts=c) for s, c in steps.items()
+                StepSamples(step=s, name=step_name(s, canary), counts=c) for s, c in steps.items()
             ],
             totals=totals,
             missing=status.missing,
@@ -144,10 +144,3 @@ class ShadowPairOut(BaseModel):
 class ShadowPairList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ShadowPairOut]
-
-
-def _step_name(step: int, canary: list[dict[str, Any]]) -> str:
-    if step == SHADOW_STEP:
-        return "shadow"
-    weight = canary[step]["weight"] if 0 <= step < len(canary) else "?"
-    return f"canary {step + 1} ({weight}%)"

@@ -1,4 +1,10 @@
-"""Serve one OpenAI request: parse, resolve the model, forward, relay, record."""
+"""Serve one OpenAI request: parse, resolve the model, forward, relay, record.
+
+The engine knows adapter versions by internal names (`pirate--v2`); answers carry the name
+the client used instead (`pirate`, `pirate@2`, the base model's name, or for `auto` the
+route's adapter), swapped at the byte level in the `"model"` field of the answer and of
+every streamed event (the relay yields whole events, so a field never straddles two).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Request
@@ -14,13 +21,13 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
 
 from gateway.api.auth import Principal, check_adapter_allowed, principal_of
-from gateway.api.errors import request_id_of
+from gateway.api.errors import invalid_json_message, request_id_of
 from gateway.api.responses import RelayResponse
+from gateway.catalog import CatalogView, ModelCatalog, Target
 from gateway.errors import GatewayError, InvalidRequest, PermissionDenied, error_body
 from gateway.metrics import Metrics, status_class
 from gateway.rollout.manager import Assignment, RolloutManager
 from gateway.rollout.shadow import MAX_BODY_CHARS, PairHalf
-from gateway.routing.catalog import CatalogView, ModelCatalog, Target
 from gateway.routing.classifier import Decision
 from gateway.routing.router import AutoRouter
 from gateway.routing.table import AUTO_MODEL
@@ -28,6 +35,8 @@ from gateway.upstream.pool import Lease, UpstreamPool
 from gateway.upstream.proxy import EngineProxy, UpstreamReply
 
 log = logging.getLogger(__name__)
+# `created` of every model in `/v1/models`: when this process started.
+_CREATED = int(time.time())
 
 
 class OpenAIService:
@@ -54,6 +63,18 @@ class OpenAIService:
         """The model names clients may call right now."""
         return self._catalogs.current
 
+    def models(self) -> list[dict[str, Any]]:
+        """`/v1/models`: the base model, `auto` while a route table is in use, every adapter
+        (its stable version) and every `name@version`."""
+        catalog = self.catalog
+        data = [
+            _model_entry(model_id, target.engine_model, target.adapter is not None, catalog)
+            for model_id, target in catalog.model_ids()
+        ]
+        if self._router is not None and self._router.active is not None:
+            data.insert(1, _model_entry(AUTO_MODEL, AUTO_MODEL, True, catalog))
+        return data
+
     async def handle(self, request: Request, endpoint: str, schema: type[BaseModel]) -> Response:
         """Serve one request to `endpoint` (the engine path, e.g. `/v1/completions`)."""
         started = time.perf_counter()
@@ -61,13 +82,16 @@ class OpenAIService:
         payload = parse_body(await request.body(), schema)
         catalog = self.catalog
         principal = principal_of(request.scope)
-        if payload["model"] == AUTO_MODEL and self._router is not None:
+        called: str = payload["model"]
+        if called == AUTO_MODEL and self._router is not None:
             target, decision = await self._router.route(
                 payload, catalog, lambda route: _may_use(principal, route, catalog.base_model)
             )
             headers = {**decision_headers(decision), "x-adapter": target.served}
+            adapter = decision.adapter if target.adapter is not None else None
+            called = adapter or catalog.base_model
         else:
-            target = catalog.resolve(payload["model"])
+            target = catalog.resolve(called)
             check_adapter_allowed(principal, target.route, catalog.base_model)
             headers = {"x-route": target.route, "x-adapter": target.served}
         assignment = self._assign(request, payload, target, principal, endpoint, request_id)
@@ -76,6 +100,7 @@ class OpenAIService:
             headers["x-adapter"] = target.served
             headers["x-variant"] = assignment.variant
         payload["model"] = target.engine_model
+        rename = ModelRename.of(target.engine_model, called)
         stream = payload.get("stream") is True
         self._metrics.in_flight.inc()
         try:
@@ -91,14 +116,15 @@ class OpenAIService:
             lease.release()
             self._metrics.in_flight.dec()
             self._record(endpoint, target, reply.status, started)
+            body = reply.body if rename is None else rename.apply(reply.body)
             if half is not None:
-                half.primary_done(reply.status, reply.body, time.perf_counter() - started)
+                half.primary_done(reply.status, body, time.perf_counter() - started)
             return Response(
-                reply.body, status_code=reply.status, media_type=reply.content_type, headers=headers
+                body, status_code=reply.status, media_type=reply.content_type, headers=headers
             )
         end = _StreamEnd(self, reply, lease, endpoint, target, started, half)
         return RelayResponse(
-            self._relay(reply, end, request_id),
+            self._relay(reply, end, request_id, rename),
             status_code=reply.status,
             media_type=reply.content_type,
             headers={**headers, "cache-control": "no-cache", "x-accel-buffering": "no"},
@@ -151,13 +177,14 @@ class OpenAIService:
         raise AssertionError("unreachable")
 
     async def _relay(
-        self, reply: UpstreamReply, end: _StreamEnd, request_id: str
+        self, reply: UpstreamReply, end: _StreamEnd, request_id: str, rename: ModelRename | None
     ) -> AsyncIterator[bytes]:
         assert reply.stream is not None
         end.status = reply.status
         first = True
         try:
-            async for chunk in reply.stream:
+            async for engine_chunk in reply.stream:
+                chunk = engine_chunk if rename is None else rename.apply(engine_chunk)
                 end.keep(chunk)
                 if first:
                     first = False
@@ -178,6 +205,28 @@ class OpenAIService:
         labels = (endpoint, target.adapter_label, target.version_label, status_class(status))
         self._metrics.requests.labels(*labels).inc()
         self._metrics.request_duration.labels(*labels).observe(time.perf_counter() - started)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRename:
+    """Swaps the engine's name for the client's in an answer's `"model"` field."""
+
+    engine: tuple[bytes, bytes]
+    client: tuple[bytes, bytes]
+
+    @classmethod
+    def of(cls, engine_model: str, client_model: str) -> ModelRename | None:
+        """The swap from `engine_model` to `client_model`; None when they are the same."""
+        if engine_model == client_model:
+            return None
+        old, new = json.dumps(engine_model).encode(), json.dumps(client_model).encode()
+        # vLLM writes compact JSON; other OpenAI-compatible servers put a space after `:`.
+        return cls((b'"model":' + old, b'"model": ' + old), (b'"model":' + new, b'"model": ' + new))
+
+    def apply(self, data: bytes) -> bytes:
+        """`data` with the engine's name in `"model"` replaced by the client's."""
+        compact, spaced = self.engine
+        return data.replace(compact, self.client[0]).replace(spaced, self.client[1])
 
 
 class _StreamEnd:
@@ -227,6 +276,19 @@ class _StreamEnd:
             self.half.primary_done(self.status, b"".join(self._kept), elapsed)
 
 
+def _model_entry(
+    model_id: str, root: str, has_parent: bool, catalog: ModelCatalog
+) -> dict[str, Any]:
+    return {
+        "id": model_id,
+        "object": "model",
+        "created": _CREATED,
+        "owned_by": "lora-gateway",
+        "root": root,
+        "parent": catalog.base_model if has_parent else None,
+    }
+
+
 def decision_headers(decision: Decision) -> dict[str, str]:
     """What an `auto` response says about its route: name, confidence, how it was decided."""
     return {
@@ -257,8 +319,10 @@ def parse_body(raw: bytes, schema: type[BaseModel]) -> dict[str, Any]:
     """Decode a JSON object and check the fields the gateway reads; keep all others."""
     try:
         payload = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidRequest(f"Request body is not valid JSON: {exc}") from exc
+    except json.JSONDecodeError as exc:
+        raise InvalidRequest(invalid_json_message(exc.msg, exc.doc, exc.pos)) from exc
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest("Request body is not valid JSON: it is not UTF-8 text.") from exc
     if not isinstance(payload, dict):
         raise InvalidRequest("Request body must be a JSON object.")
     try:

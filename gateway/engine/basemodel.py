@@ -11,7 +11,6 @@ LoRA on the CPU. Both directories are reused afterwards:
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib.util
 import json
 import logging
@@ -19,6 +18,9 @@ import os
 import shutil
 from pathlib import Path
 from typing import Final
+
+from gateway.engine import quantize
+from gateway.engine.checksum import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -41,15 +43,6 @@ def embedded_gguf_path() -> Path:
         if candidate.is_file():
             return candidate
     raise FileNotFoundError(f"{GGUF_FILE} not found in package {GGUF_PACKAGE!r}")
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of one file, read in chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def model_dir(cache_dir: Path, quantization: str) -> Path:
@@ -122,9 +115,7 @@ def prepare_base_model(cache_dir: Path, quantization: str = "w8a8") -> Path:
     if _is_prepared(target, source_sha, quantization):
         return target
 
-    from gateway.engine.quantize import quantize_checkpoint
-
-    quantize_checkpoint(convert_gguf(cache_dir), target, quantization)
+    quantize.quantize_checkpoint(convert_gguf(cache_dir), target, quantization)
     # quantize_checkpoint renamed the directory into place; the marker goes in
     # last (written aside, then renamed) so a crash in between only costs a re-check.
     pending = target / (_MARKER + ".tmp")

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from gateway.engine.basemodel import sha256_file
+from gateway.engine.checksum import sha256_file
 
 if TYPE_CHECKING:
     import torch

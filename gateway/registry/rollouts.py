@@ -196,6 +196,19 @@ class RolloutStore:
         with self._sessions() as session:
             return _samples(session, rollout_id)
 
+    def samples_of(self, rollout_ids: Sequence[int]) -> dict[int, Samples]:
+        """Counts per (step, variant) of several rollouts, in one query."""
+        counts: dict[int, Samples] = {rollout_id: {} for rollout_id in rollout_ids}
+        if not rollout_ids:
+            return counts
+        with self._sessions() as session:
+            rows = session.scalars(
+                select(RolloutSampleRow).where(RolloutSampleRow.rollout_id.in_(rollout_ids))
+            )
+            for r in rows:
+                counts[r.rollout_id][(r.step, r.variant)] = r.count
+        return counts
+
     def add_pairs(self, pairs: Iterable[ShadowPairRow], *, limit: int) -> list[ShadowPairRow]:
         """Keep (primary, shadow) answers for comparison, at most `limit` per rollout; the
         pairs over the limit are returned (not stored)."""

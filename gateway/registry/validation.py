@@ -13,17 +13,22 @@ import hashlib
 import json
 import re
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from gateway.catalog import ADAPTER_NAME
 from gateway.errors import InvalidRequest
+from gateway.registry.store import VersionSpec
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHT_FILES = ("adapter_model.safetensors",)
 # The peft files that make an adapter what it is; the manifest beside them is lineage only.
 CONTENT_FILES = (CONFIG_FILE, *WEIGHT_FILES)
 MAX_HEADER_BYTES = 16 * 1024 * 1024
+# Names clients use for something other than an adapter.
+RESERVED_NAMES = frozenset({"auto"})
 _TENSOR = re.compile(r"layers\.(\d+)\.(?:self_attn|mlp)\.(\w+)\.lora_([AB])\.weight$")
 
 
@@ -60,6 +65,21 @@ class BaseModelInfo:
     @classmethod
     def from_model_dir(cls, name: str, model_dir: Path) -> BaseModelInfo:
         return cls.from_config(name, json.loads((model_dir / "config.json").read_text()))
+
+
+@dataclass(frozen=True)
+class ServedBase:
+    """The base model adapters must fit: its names and its shapes."""
+
+    served_name: str
+    model_id: str
+    info: BaseModelInfo | None
+
+    def accepts(self, named: str | None) -> bool:
+        """Whether an adapter naming `named` as its base fits (local paths are not names)."""
+        if not named or named.startswith(("/", ".", "~")):
+            return True
+        return named.lower() in {self.served_name.lower(), self.model_id.lower()}
 
 
 @dataclass(frozen=True)
@@ -141,6 +161,60 @@ def validate_adapter(
     named = config.get("base_model_name_or_path")
     base_model = named if isinstance(named, str) and named else None
     return ValidatedAdapter(directory, relative, sha256, rank, targets, base_model)
+
+
+def check_registration(
+    name: str,
+    path: str,
+    *,
+    sha256: str | None,
+    base_model: str | None,
+    manifest: Mapping[str, Any] | None,
+    base: ServedBase,
+    root: Path,
+    max_rank: int,
+) -> VersionSpec:
+    """Everything a registration must pass: the name, the base it names, then its files."""
+    if not ADAPTER_NAME.match(name) or "--" in name:
+        raise InvalidRequest(
+            "name must be 1-63 lowercase letters, digits, '.', '_' or '-' (no '--')",
+            param="name",
+        )
+    if name in RESERVED_NAMES or name == base.served_name:
+        raise InvalidRequest(f"{name!r} is reserved", param="name")
+    if base.info is None:
+        raise InvalidRequest(
+            "the gateway does not know the base model's shapes; set GATEWAY_ENGINE__MODEL_DIR",
+            param="path",
+        )
+    lineage = dict(manifest or {})
+    for named in (base_model, lineage.get("base_model")):
+        if isinstance(named, str) and not base.accepts(named):
+            raise InvalidRequest(
+                f"the adapter is for base model {named!r}; this gateway serves {base.model_id!r}",
+                param="base_model",
+            )
+    checked = validate_adapter(
+        root,
+        path,
+        base.info,
+        max_rank=max_rank,
+        expected_sha256=sha256,
+    )
+    if not base.accepts(checked.base_model):
+        raise InvalidRequest(
+            f"adapter_config.json names base model {checked.base_model!r}; this gateway "
+            f"serves {base.model_id!r}",
+            param="path",
+        )
+    return VersionSpec(
+        path=checked.relative,
+        sha256=checked.sha256,
+        base_model=base.model_id,
+        rank=checked.rank,
+        target_modules=checked.target_modules,
+        manifest=lineage,
+    )
 
 
 def _read_config(file: Path) -> dict[str, Any]:

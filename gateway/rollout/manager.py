@@ -2,11 +2,13 @@
 
 `RolloutManager` starts rollouts (after loading, pinning and warming the candidate on every
 replica), applies operators' commands through the state machine, and keeps an in-memory
-view of the active rollouts that each request consults without touching the database. The
-view is rebuilt whenever the registry changes (the lifecycle's refresh) and whenever the
-active rollouts differ from it (checked every `flush_s`), so every gateway replica follows
-the same rollouts within about a second; assignment is a pure hash, so they agree on who is
-on the canary. Request counts and shadow pairs are written to the registry every `flush_s`.
+view of the active rollouts that each request consults without touching the database. A
+command rebuilds this replica's view from the row it has just written; the registry
+follower (`gateway.registry.changes`) rebuilds it after every change anywhere, so every
+gateway replica follows the same rollouts (within milliseconds on PostgreSQL, within the
+registry poll on SQLite); assignment is a pure hash, so they agree on who is on the canary.
+A promotion moves the route's stable version: only then does the manager ask the lifecycle
+for a catalogue refresh. Request counts and shadow pairs are written every `flush_s`.
 """
 
 from __future__ import annotations
@@ -22,17 +24,25 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from gateway.background.tasks import cancel_and_wait
+from gateway.catalog import CatalogView, Target, engine_name
 from gateway.config import RolloutSettings
 from gateway.errors import Conflict, GatewayError, RolloutNotFound, UpstreamError
-from gateway.lifecycle import AdapterLifecycle
+from gateway.lifecycle import AdapterLifecycle, VersionView
 from gateway.metrics import Metrics
 from gateway.registry.rollouts import SHADOW_STEP, NewRollout, RolloutStore, Samples
-from gateway.registry.schema import AuditEvent, RolloutRow, RolloutStage, VersionState
-from gateway.rollout.assign import Variant, bucket, subject_of
+from gateway.registry.schema import (
+    AuditEvent,
+    RolloutRow,
+    RolloutStage,
+    ShadowPairRow,
+    VersionState,
+)
+from gateway.rollout import assign as sticky
+from gateway.rollout.assign import Variant, subject_of
 from gateway.rollout.machine import Command, decide, gate
 from gateway.rollout.plan import RolloutPlan, parse_plan
 from gateway.rollout.shadow import PairHalf, ShadowJob, ShadowRunner
-from gateway.routing.catalog import CatalogView, Target
 from gateway.upstream.pool import UpstreamPool
 from gateway.upstream.proxy import EngineProxy
 
@@ -110,7 +120,7 @@ class RolloutManager:
         metrics: Metrics,
         settings: RolloutSettings,
     ) -> None:
-        self.store = store
+        self._store = store
         self._lifecycle = lifecycle
         self._catalogs = catalogs
         self._pool = pool
@@ -136,11 +146,8 @@ class RolloutManager:
 
     async def stop(self) -> None:
         """Stop the loop, cancel shadow copies still running and write what is pending."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         for task in self._warming.values():
             task.cancel()
         await self.shadow.close()
@@ -148,17 +155,27 @@ class RolloutManager:
             await self.flush()
 
     async def refresh(self) -> None:
-        """Rebuild the live view from the registry (a lifecycle refresh listener)."""
-        rows = await asyncio.to_thread(self.store.active)
+        """Rebuild the live view from the registry's active rollouts (after any change)."""
+        rows = await asyncio.to_thread(self._store.active)
         live = {row.route: LiveRollout.of(row) for row in rows}
         ended = set(self._live) - set(live)
         self._live = live
         for route in ended:
-            latest = await asyncio.to_thread(self.store.latest, route)
+            latest = await asyncio.to_thread(self._store.latest, route)
             self._show(route, latest.stage if latest else None, 0.0)
         for rollout in live.values():
             self._show(rollout.route, rollout.stage, rollout.weight)
         self._warm_missing()
+
+    def _install(self, row: RolloutRow) -> None:
+        """Take one rollout's new state into the live view (this replica's own command)."""
+        if row.active_route is None:
+            # 0% at once here; the other replicas follow at the registry change.
+            self._live.pop(row.route, None)
+            self._show(row.route, row.stage, 0.0)
+        else:
+            self._live[row.route] = LiveRollout.of(row)
+            self._show(row.route, row.stage, row.weight)
 
     def _show(self, route: str, stage: RolloutStage | None, weight: float) -> None:
         for each in STAGES:
@@ -170,18 +187,9 @@ class RolloutManager:
             await asyncio.sleep(self._settings.flush_s)
             try:
                 await self.flush()
-                await self._follow()
                 self._warm_missing()
             except Exception:
                 log.exception("rollout bookkeeping failed; it is tried again at the next tick")
-
-    async def _follow(self) -> None:
-        """Follow other replicas' rollout commands every tick rather than at the registry poll:
-        a rollback elsewhere reaches this replica within `flush_s`. A change rebuilds the whole
-        snapshot, so a promotion's new stable version arrives together with the rollout's end."""
-        rows = await asyncio.to_thread(self.store.active)
-        if {row.route: LiveRollout.of(row) for row in rows} != self._live:
-            await self._lifecycle.refresh()
 
     async def flush(self) -> None:
         """Write pending request counts and shadow pairs to the registry."""
@@ -195,10 +203,10 @@ class RolloutManager:
             return
         try:
             if counts:
-                await asyncio.to_thread(self.store.add_samples, dict(counts))
+                await asyncio.to_thread(self._store.add_samples, dict(counts))
             if pairs:
                 limit = self._settings.max_pairs_per_rollout
-                over = await asyncio.to_thread(self.store.add_pairs, pairs, limit=limit)
+                over = await asyncio.to_thread(self._store.add_pairs, pairs, limit=limit)
                 routes = {r.id: r.route for r in self._live.values()}
                 for pair in over:
                     route = routes.get(pair.rollout_id, "-")
@@ -232,8 +240,8 @@ class RolloutManager:
         shadow = None
         if rollout.stage == RolloutStage.CANARY:
             subject = subject_of(payload, headers, key_owner)
-            if bucket(rollout.id, subject) < rollout.canary_buckets:
-                variant = "canary"
+            variant = sticky.variant(rollout.id, subject, rollout.canary_buckets)
+            if variant == "canary":
                 target = Target(candidate.engine_name, candidate, route=target.route)
         elif not rollout.paused and self._random.random() < rollout.plan.shadow.sample_rate:
             shadow = ShadowJob(
@@ -261,12 +269,11 @@ class RolloutManager:
 
     async def begin(
         self, route: str, version: int, raw_plan: Any, *, actor: str, reason: str
-    ) -> RolloutRow:
+    ) -> RolloutStatus:
         """Start a rollout of `route@version`: check, load, pin, warm up, then record it."""
         plan = parse_plan(raw_plan)
         async with self._lock(route):
-            registry = self._lifecycle.registry
-            row = await asyncio.to_thread(registry.version, route, version)
+            row = (await self._lifecycle.version(route, version)).row
             if row.state not in (VersionState.REGISTERED, VersionState.LOADING, VersionState.READY):
                 raise Conflict(
                     f"{route}@{version} is {row.state.value}; only a servable version can be "
@@ -293,10 +300,9 @@ class RolloutManager:
             why = f"rollout of {route}@{version}"
             await self._lifecycle.load(route, version, pin=True, actor=actor, reason=why)
             try:
-                engine_name = f"{route}--v{version}"
-                await self._warm_up(engine_name, f"warmup-{route}-{version}")
+                await self._warm_up(engine_name(route, version), f"warmup-{route}-{version}")
                 created = await asyncio.to_thread(
-                    self.store.create,
+                    self._store.create,
                     NewRollout(route, stable.version, version, plan.model_dump(), pinned_here),
                     actor=actor,
                     reason=reason,
@@ -308,12 +314,12 @@ class RolloutManager:
                     )
                 raise
             self._warm.add(created.id)
-            await self._lifecycle.refresh()
-            return created
+            self._install(created)
+        return await self.status(route)
 
     async def command(
         self, route: str, command: Command, *, actor: str, reason: str, force: bool = False
-    ) -> RolloutRow:
+    ) -> RolloutStatus:
         """Apply an operator's command to the route's active rollout."""
         async with self._lock(route):
             current = await self._active_in_registry(route)
@@ -322,21 +328,21 @@ class RolloutManager:
             await self.flush()
             plan = RolloutPlan.model_validate(current.plan)
             row = await asyncio.to_thread(
-                self.store.apply,
+                self._store.apply,
                 current.id,
                 command.value,
                 lambda r, samples, now: decide(r, command, plan, samples, now, force=force),
                 actor=actor,
                 reason=reason,
             )
-            if row.stage not in (RolloutStage.SHADOW, RolloutStage.CANARY):
-                # 0% at once on this replica; the others follow at their next registry read.
-                self._live.pop(route, None)
-                self._show(route, row.stage, 0.0)
-            await self._lifecycle.refresh()
-            return row
+            if row.stage == RolloutStage.PROMOTED:
+                # The stable pointer moved: the name serves the candidate before the rollout
+                # leaves the live view, so its canary users never go back to the old version.
+                await self._lifecycle.refresh()
+            self._install(row)
+        return await self.status(route)
 
-    async def make_stable(self, name: str, version: int, *, actor: str, reason: str) -> None:
+    async def make_stable(self, name: str, version: int, *, actor: str, reason: str) -> VersionView:
         """Make a version its name's stable one without a rollout (refused during one)."""
         async with self._lock(name):
             current = await self._active_in_registry(name)
@@ -347,25 +353,38 @@ class RolloutManager:
                     param="name",
                     code="rollout_active",
                 )
-            await asyncio.to_thread(
-                self._lifecycle.registry.set_stable, name, version, actor=actor, reason=reason
-            )
-            await self._lifecycle.refresh()
+            return await self._lifecycle.set_stable(name, version, actor=actor, reason=reason)
 
     async def status(self, route: str) -> RolloutStatus:
         """The route's active rollout, or its latest one."""
         with contextlib.suppress(Exception):
             await self.flush()
-        row = await asyncio.to_thread(self.store.latest, route)
+        row = await asyncio.to_thread(self._store.latest, route)
         if row is None:
             raise RolloutNotFound(f"route {route!r} has had no rollout", param="route")
-        samples = await asyncio.to_thread(self.store.samples, row.id)
-        events = await asyncio.to_thread(self.store.events, row)
+        samples = await asyncio.to_thread(self._store.samples, row.id)
+        events = await asyncio.to_thread(self._store.events, row)
         missing: list[str] = []
         if row.active_route is not None:
             plan = RolloutPlan.model_validate(row.plan)
             missing = gate(row, plan, samples, datetime.now(UTC))
         return RolloutStatus(row, samples, missing, events, self.warm_here(row.id))
+
+    async def recent(self, limit: int) -> list[RolloutStatus]:
+        """The newest rollouts, active or ended, newest first, with their sample counts."""
+        rows = await asyncio.to_thread(self._store.recent, limit)
+        samples = await asyncio.to_thread(self._store.samples_of, [row.id for row in rows])
+        return [
+            RolloutStatus(row, samples.get(row.id, {}), [], [], self.warm_here(row.id))
+            for row in rows
+        ]
+
+    async def shadow_pairs(self, route: str, *, after: int, limit: int) -> Sequence[ShadowPairRow]:
+        """(primary, shadow) answers of the route's active or latest rollout, oldest first."""
+        row = await asyncio.to_thread(self._store.latest, route)
+        if row is None:
+            raise RolloutNotFound(f"route {route!r} has had no rollout", param="route")
+        return await asyncio.to_thread(self._store.pairs, row.id, after=after, limit=limit)
 
     def variants(self, route: str, subjects: Sequence[str]) -> tuple[LiveRollout, list[Variant]]:
         """What each subject gets from the route's rollout right now (for checks and tools)."""
@@ -374,10 +393,8 @@ class RolloutManager:
             raise RolloutNotFound(f"route {route!r} has no active rollout", param="route")
         buckets = rollout.canary_buckets
         return rollout, [
-            "canary" if bucket(rollout.id, subject_of({"user": s}, {}, None)) < buckets
-            else "stable"
-            for s in subjects
-        ]  # fmt: skip
+            sticky.variant(rollout.id, subject_of({"user": s}, {}, None), buckets) for s in subjects
+        ]
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -385,7 +402,7 @@ class RolloutManager:
         return self._locks.setdefault(route, asyncio.Lock())
 
     async def _active_in_registry(self, route: str) -> RolloutRow | None:
-        row = await asyncio.to_thread(self.store.latest, route)
+        row = await asyncio.to_thread(self._store.latest, route)
         return row if row is not None and row.active_route is not None else None
 
     def _in_rollout(self, name: str, version: int) -> int | None:
@@ -426,7 +443,7 @@ class RolloutManager:
             )
 
     async def _warm_remote(self, rollout: LiveRollout) -> None:
-        name = f"{rollout.route}--v{rollout.candidate_version}"
+        name = engine_name(rollout.route, rollout.candidate_version)
         try:
             await self._warm_up(name, f"warmup-{rollout.id}")
             self._warm.add(rollout.id)

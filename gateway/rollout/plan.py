@@ -22,6 +22,7 @@ from typing import Any, Self
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from gateway.errors import InvalidRequest
+from gateway.registry.rollouts import SHADOW_STEP
 
 # Weights are kept in percent; buckets are basis points (1/100 of a percent).
 BUCKETS = 10_000
@@ -93,3 +94,11 @@ def parse_plan(raw: Any) -> RolloutPlan:
         raise InvalidRequest(
             "invalid rollout plan: " + "; ".join(problems), param=param, code="invalid_plan"
         ) from exc
+
+
+def step_name(step: int, canary: list[dict[str, Any]]) -> str:
+    """How a step is shown: `shadow`, or `canary 2 (5%)` with the weight from the plan."""
+    if step == SHADOW_STEP:
+        return "shadow"
+    weight = canary[step]["weight"] if 0 <= step < len(canary) else "?"
+    return f"canary {step + 1} ({weight}%)"

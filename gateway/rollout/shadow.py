@@ -16,10 +16,10 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.catalog import AdapterVersion
 from gateway.errors import GatewayError
 from gateway.metrics import Metrics
 from gateway.registry.schema import ShadowPairRow
-from gateway.routing.catalog import AdapterVersion
 from gateway.upstream.pool import UpstreamPool
 from gateway.upstream.proxy import EngineProxy
 

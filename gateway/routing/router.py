@@ -10,6 +10,7 @@ old table keeps serving throughout.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
@@ -20,23 +21,30 @@ from typing import Any
 
 import numpy as np
 
+from gateway.catalog import CatalogView, ModelCatalog, Target
 from gateway.config import RoutingSettings
-from gateway.errors import ClassifierUnavailable, ModelNotFound
+from gateway.errors import ClassifierUnavailable, InvalidRouteTable, ModelNotFound
 from gateway.metrics import Metrics
 from gateway.registry.store import Registry
 from gateway.routing.batcher import EmbeddingBatcher, Overloaded
-from gateway.routing.catalog import CatalogView, ModelCatalog, Target
 from gateway.routing.classifier import Decision, RouteIndex, request_text
 from gateway.routing.embedder import DIMENSIONS, ModelMissing, Vectors, load_embedder
-from gateway.routing.table import (
-    InvalidRouteTable,
-    check_adapters,
-    parse_table,
-    read_table_source,
-)
+from gateway.routing.table import check_adapters, parse_table, read_table_source
 
 log = logging.getLogger(__name__)
 SEED_ACTOR = "system:seed"
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """A decision with its evidence: every route's score and the threshold it had to pass."""
+
+    text: str
+    decision: Decision
+    scores: dict[str, float]
+    # The threshold of the route chosen (or nearly chosen); None when nothing came close.
+    threshold: float | None
+    table: int
 
 
 @dataclass(frozen=True)
@@ -81,6 +89,12 @@ class AutoRouter:
     @property
     def active(self) -> ActiveTable | None:
         """The table in use, if any."""
+        return self._active
+
+    def in_use(self) -> ActiveTable:
+        """The table in use; ModelNotFound when there is none."""
+        if self._active is None:
+            raise ModelNotFound("No route table is in use.", param="routes", code="not_found")
         return self._active
 
     # -- the table ---------------------------------------------------------------------
@@ -266,14 +280,21 @@ class AutoRouter:
         if decision.method == "fallback":
             self._metrics.route_fallbacks.labels(decision.reason).inc()
 
-    async def explain(self, text: str) -> tuple[Decision, dict[str, float]]:
-        """The decision for `text` and every route's similarity (rules do not stop scoring)."""
+    async def explain(self, request: Mapping[str, Any]) -> Explanation:
+        """Where a request (`text`, chat `messages` or a completion `prompt`) would go, with
+        every route's similarity (rules do not stop the scoring)."""
+        active = self._active
         index = self._index()
+        text = str(request["text"]).strip() if "text" in request else request_text(request)
         decision = await self._classify(index, text)
-        if decision.scores or not text:
-            return decision, dict(decision.scores)
-        assert self._batcher is not None
-        try:
-            return decision, index.scores(await self._batcher.embed_one(text))
-        except Overloaded:
-            return decision, {}
+        scores = dict(decision.scores)
+        if not scores and text:
+            assert self._batcher is not None
+            with contextlib.suppress(Overloaded):
+                scores = index.scores(await self._batcher.embed_one(text))
+        table = index.table
+        threshold = None
+        if decision.route != table.default.name or decision.chosen is not None:
+            threshold = table.threshold_of(table.route(decision.chosen or decision.route))
+        assert active is not None
+        return Explanation(text, decision, scores, threshold, active.id)

@@ -35,8 +35,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from gateway.errors import InvalidRequest, ModelNotFound
-from gateway.routing.catalog import ModelCatalog
+from gateway.catalog import ModelCatalog
+from gateway.errors import InvalidRouteTable, ModelNotFound
 
 ROUTE_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 AUTO_MODEL = "auto"
@@ -44,16 +44,6 @@ DEMO_TABLE = "demo"
 # At most this many characters of a request are matched against rules.
 RULE_TEXT_CHARS = 4000
 Method = Literal["knn", "centroid"]
-
-
-class InvalidRouteTable(InvalidRequest):
-    """A route table that cannot serve; the one in use stays."""
-
-    code = "invalid_route_table"
-
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("invalid route table: " + "; ".join(problems), param="routes")
-        self.problems = problems
 
 
 def _clean_texts(values: list[str]) -> list[str]:

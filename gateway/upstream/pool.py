@@ -21,20 +21,15 @@ from typing import Protocol
 
 import httpx
 
-from gateway.errors import UpstreamError, UpstreamUnavailable
+from gateway.background.tasks import cancel_and_wait
+from gateway.catalog import AdapterVersion, parse_engine_name
+from gateway.errors import AdapterLoadFailed, NoRoom, UpstreamError, UpstreamUnavailable
 from gateway.metrics import Metrics
-from gateway.routing.catalog import AdapterVersion
-from gateway.upstream.residency import NoRoom, Residency
+from gateway.upstream.residency import Residency
 
 log = logging.getLogger(__name__)
 
 LOAD_TIMEOUT_S = 120.0
-
-
-class AdapterLoadFailed(UpstreamError):
-    """The engine refused to load an adapter version (it is marked failed)."""
-
-    code = "adapter_load_failed"
 
 
 class AdapterSource(Protocol):
@@ -183,10 +178,11 @@ class UpstreamPool:
         return [r.url for r in replicas]
 
     async def remove_everywhere(self, adapter: str) -> bool:
-        """Unload `adapter` from every replica where no request uses it; True if gone from all."""
+        """Unload `adapter` from every replica, where requests use it once they are done; True
+        if it is gone from all now."""
         gone = True
         for replica in self.replicas:
-            gone = await replica.residency.remove(adapter) and gone
+            gone = await replica.residency.retire(adapter) and gone
             self._count_resident(replica)
         return gone
 
@@ -196,14 +192,23 @@ class UpstreamPool:
         for replica in self.replicas:
             replica.residency.set_pins(pins)
 
+    def pin(self, adapter: str, pinned: bool = True) -> None:
+        """Pin (or unpin) one version on every replica now, before the snapshot says so."""
+        for replica in self.replicas:
+            if pinned:
+                replica.residency.pin(adapter)
+            else:
+                replica.residency.unpin(adapter)
+
     async def sweep(self) -> None:
-        """Unload versions that are no longer servable (retired, failed or deleted)."""
+        """Unload versions that are no longer servable (retired, failed or deleted); one
+        still serving requests goes when the last of them is done."""
         servable = self.source.servable()
         for replica in self.healthy_replicas():
             for name in replica.residency.resident:
                 if name not in servable:
                     with contextlib.suppress(UpstreamError):
-                        await replica.residency.remove(name)
+                        await replica.residency.retire(name)
             self._count_resident(replica)
 
     def mark_down(self, replica: Replica, reason: str) -> None:
@@ -258,7 +263,7 @@ class UpstreamPool:
         residency.forget()
         for stale in served - set(desired):
             # Versions this gateway does not serve (retired, deleted, over capacity) go.
-            if "--v" in stale:
+            if parse_engine_name(stale) is not None:
                 await self._unload(replica.url, stale)
         for name in desired:
             if name in served:
@@ -340,8 +345,11 @@ class UpstreamPool:
                 log.exception("health check failed")
             self._changed.clear()
             # Re-probe at once after a replica was marked down by a failed request.
+            # `asyncio.timeout` rather than `wait_for`, which on Python 3.11 can swallow the
+            # cancellation `stop` sends.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), timeout=interval_s)
+                async with asyncio.timeout(interval_s):
+                    await self._changed.wait()
 
     def start(self, interval_s: float) -> None:
         """Run the health loop in the background."""
@@ -350,8 +358,5 @@ class UpstreamPool:
 
     async def stop(self) -> None:
         """Stop the health loop."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None

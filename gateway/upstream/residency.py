@@ -3,7 +3,8 @@
 A replica keeps at most `capacity` versions resident. A request for a version that is not
 resident loads it; when the replica is full, the least recently used version that is
 neither pinned (an active rollout needs it) nor serving a request is unloaded first.
-Concurrent requests for the same missing version wait for one load, not one each. Loads and
+Concurrent requests for the same missing version wait for one load, not one each. A version
+that may no longer serve is unloaded at once, or when its last request is done. Loads and
 unloads go through injected coroutines, so this knows nothing about HTTP.
 """
 
@@ -15,15 +16,11 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
-from gateway.errors import UpstreamUnavailable
+from gateway.errors import NoRoom
 
 Load = Callable[[str], Awaitable[None]]
 Unload = Callable[[str], Awaitable[None]]
 OnEvict = Callable[[str], None]
-
-
-class NoRoom(UpstreamUnavailable):
-    """Every resident version is pinned or busy: nothing can make room for another."""
 
 
 class Residency:
@@ -48,6 +45,9 @@ class Residency:
         self._resident: OrderedDict[str, float] = OrderedDict()
         self._pinned: set[str] = set()
         self._busy: dict[str, int] = {}
+        # Versions to unload when their last request is done, and those unloads under way.
+        self._doomed: set[str] = set()
+        self._unloading: set[asyncio.Task[bool]] = set()
         # One load or eviction at a time per replica (vLLM loads one at a time anyway).
         self._lock = asyncio.Lock()
         self.loads = 0
@@ -61,6 +61,11 @@ class Residency:
     def holds(self, name: str) -> bool:
         """Whether `name` is resident (no list built: this is on the request path)."""
         return name in self._resident
+
+    @property
+    def changing(self) -> bool:
+        """Whether a load, unload or eviction is under way (its lock is held)."""
+        return self._lock.locked()
 
     @property
     def pinned(self) -> frozenset[str]:
@@ -91,8 +96,16 @@ class Residency:
         """The replica lost `name` (found out by a failed request): load it again when needed."""
         self._resident.pop(name, None)
 
+    async def retire(self, name: str) -> bool:
+        """Unload `name` now, or as soon as its last request is done; True if it is gone."""
+        if await self.remove(name):
+            return True
+        self._doomed.add(name)
+        return False
+
     async def remove(self, name: str) -> bool:
         """Unload `name` now unless a request uses it; True if it is gone."""
+        self._doomed.discard(name)
         async with self._lock:
             if name not in self._resident:
                 return True
@@ -111,6 +124,8 @@ class Residency:
 
     async def ensure(self, name: str) -> bool:
         """Make `name` resident; True if this call loaded it."""
+        # Wanted again (served again after all): keep it.
+        self._doomed.discard(name)
         if self._touch(name):
             return False
         async with self._lock:
@@ -134,10 +149,14 @@ class Residency:
             raise
 
     def release(self, name: str) -> None:
-        """One request is done with `name`."""
+        """One request is done with `name` (the last one unloads a retired version)."""
         self._busy[name] -= 1
         if not self._busy[name]:
             del self._busy[name]
+            if name in self._doomed:
+                task = asyncio.get_running_loop().create_task(self.remove(name))
+                self._unloading.add(task)
+                task.add_done_callback(self._unloading.discard)
 
     @asynccontextmanager
     async def using(self, name: str) -> AsyncIterator[None]:

@@ -14,6 +14,7 @@ import os
 import signal
 from pathlib import Path
 
+from gateway.background.tasks import cancel_and_wait
 from gateway.metrics import Metrics
 from gateway.upstream.launcher import EngineProcess, EngineStartError
 
@@ -77,11 +78,8 @@ class EngineSupervisor:
 
     async def stop(self) -> None:
         """Stop watching and stop the engine's whole process group."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         await asyncio.to_thread(self.engine.stop)
         self._pid_file.unlink(missing_ok=True)
 

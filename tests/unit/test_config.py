@@ -71,3 +71,31 @@ def test_managed_engine_gets_the_lora_ops_settings(
     env = supervisor.engine.spec.environment()
     assert env["LORA_GATEWAY_LORA_OPS"] == "vllm"
     assert env["LORA_GATEWAY_LORA_COMPILE"] == "0"
+
+
+def test_an_admin_key_that_is_also_a_tenant_key_is_refused() -> None:
+    digest = "c" * 64
+    with pytest.raises(ValidationError) as refused:
+        Settings(
+            admin_key_sha256=digest,
+            tenant_keys=[{"name": "team-a", "key_sha256": digest.upper()}],
+        )
+    (error,) = refused.value.errors()
+    assert error["loc"] == ("tenant_keys",)
+    assert "tenant key 'team-a' has the admin key's sha256" in error["msg"]
+
+
+@pytest.mark.parametrize(
+    ("database_url", "poll_s", "expected"),
+    [
+        (None, None, 1.0),
+        ("postgresql://u@127.0.0.1:5432/db", None, 30.0),
+        ("postgresql://u@127.0.0.1:5432/db", 60.0, 60.0),
+        (None, 0.2, 0.2),
+    ],
+)
+def test_the_registry_poll_is_fast_on_sqlite_and_a_safety_net_on_postgresql(
+    tmp_path: Path, database_url: str | None, poll_s: float | None, expected: float
+) -> None:
+    settings = Settings(state_dir=tmp_path, database_url=database_url, registry_poll_s=poll_s)
+    assert settings.resolved_registry_poll_s == expected

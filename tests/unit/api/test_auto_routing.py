@@ -104,6 +104,8 @@ async def test_auto_routes_by_topic_and_says_why(
     # The route's adapter is `pirate`: its stable version, pirate@1 (the first registered).
     assert last_engine_model(fake_state) == "pirate--v1"
     assert sea.headers["x-route"] == "sea" and sea.headers["x-adapter"] == "pirate@1"
+    # The answer names the route's adapter, not `auto` and not the engine's `pirate--v1`.
+    assert sea.json()["model"] == "pirate"
     assert sea.headers["x-route-method"] == "embedding"
     assert sea.headers["x-route-reason"] == "nearest"
     assert 0.35 <= float(sea.headers["x-route-confidence"]) <= 1.0
@@ -112,6 +114,7 @@ async def test_auto_routes_by_topic_and_says_why(
     assert off.status_code == 200
     assert last_engine_model(fake_state) == "smollm2"
     assert off.headers["x-route"] == "default" and off.headers["x-adapter"] == "base"
+    assert off.json()["model"] == "smollm2"
     assert off.headers["x-route-method"] == "fallback"
     assert off.headers["x-route-reason"] in {"nearest_default", "low_confidence"}
 
@@ -158,6 +161,7 @@ async def test_streamed_auto_requests_carry_the_route(
         assert reply.headers["x-route"] == "sea"
         body = b"".join([chunk async for chunk in reply.aiter_bytes()])
     assert b"[DONE]" in body
+    assert b'"model": "pirate"' in body and b"pirate--v1" not in body
     assert last_engine_model(fake_state) == "pirate--v1"
 
 

@@ -5,6 +5,7 @@ import json
 import httpx
 import pytest
 
+from gateway.api.serving import ModelRename
 from gateway.metrics import Metrics
 from gateway.testing.fake_vllm import FakeEngineState
 
@@ -42,6 +43,41 @@ async def test_model_field_resolves_to_engine_name(
     assert fake_state.received[-1]["model"] == engine_model
     assert response.headers["x-adapter"] == adapter_header
     assert response.headers["x-route"] == route
+
+
+@pytest.mark.parametrize("endpoint", ["/v1/chat/completions", "/v1/completions"])
+@pytest.mark.parametrize("model", ["smollm2", "pirate", "pirate@2", "french@1"])
+async def test_the_answer_names_the_model_the_client_called_plain_and_streamed(
+    client: httpx.AsyncClient, fake_state: FakeEngineState, endpoint: str, model: str
+) -> None:
+    body = {"model": model, "prompt": "hi", "messages": [{"role": "user", "content": "hi"}]}
+
+    plain = await client.post(endpoint, json=body)
+    streamed = await client.post(endpoint, json={**body, "stream": True})
+
+    assert plain.status_code == streamed.status_code == 200, (plain.text, streamed.text)
+    assert plain.json()["model"] == model
+    assert "--v" not in plain.text
+    events = [e for e in streamed.text.split("\n\n") if e.startswith("data: {")]
+    assert len(events) == fake_state.stream_chunks
+    assert {json.loads(e.removeprefix("data: "))["model"] for e in events} == {model}
+    assert "--v" not in streamed.text
+    # The engine was asked for its own name all the same.
+    assert fake_state.received[-1]["model"] != model or model == "smollm2"
+
+
+def test_the_rename_touches_only_the_model_field() -> None:
+    rename = ModelRename.of("pirate--v2", "pirate")
+    assert rename is not None and ModelRename.of("smollm2", "smollm2") is None
+    compact = b'{"model":"pirate--v2","choices":[{"text":"\\"model\\":\\"pirate--v2\\""}]}'
+    spaced = b'data: {"id": "x", "model": "pirate--v2", "choices": []}\n\n'
+
+    assert json.loads(rename.apply(compact)) == {
+        "model": "pirate",
+        "choices": [{"text": '"model":"pirate--v2"'}],
+    }
+    assert rename.apply(spaced) == b'data: {"id": "x", "model": "pirate", "choices": []}\n\n'
+    assert rename.apply(b'{"model":"pirate--v22"}') == b'{"model":"pirate--v22"}'
 
 
 async def test_unknown_fields_pass_through_unchanged(
@@ -130,6 +166,27 @@ async def test_malformed_bodies_are_400(
     assert error["type"] == "invalid_request_error"
     assert error["param"] == param
     assert fake_state.received == []
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "where"),
+    [
+        ("/v1/chat/completions", b'{"model": "smollm2", "messages": [}', "line 1, column 35"),
+        ("/v1/completions", b'{\n  "model": "smollm2",\n  "prompt": "x",,\n}', "line 3, column 17"),
+        ("/admin/adapters", b'{"name": "x", "path": }', "line 1, column 23"),
+        ("/admin/rollouts", b'{"route": "pirate",\n "version": 2', "line 2, column 14"),
+        ("/admin/adapters/pirate/versions/1/load", b"{not json", "line 1, column 2"),
+    ],
+)
+async def test_a_body_that_is_not_json_says_what_is_wrong_and_where(
+    client: httpx.AsyncClient, path: str, body: bytes, where: str
+) -> None:
+    response = await client.post(path, content=body, headers={"content-type": "application/json"})
+
+    error = assert_openai_error(response, 400)
+    assert error["param"] is None
+    assert str(error["message"]).startswith("Request body is not valid JSON: ")
+    assert str(error["message"]).endswith(f"({where}).")
 
 
 async def test_completions_prompt_is_validated(client: httpx.AsyncClient) -> None:

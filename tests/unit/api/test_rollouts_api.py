@@ -21,7 +21,9 @@ from fastapi import FastAPI
 
 from gateway.config import Settings
 from gateway.metrics import Metrics
+from gateway.registry.database import make_engine, session_factory
 from gateway.registry.schema import VersionState
+from gateway.registry.store import Registry
 from gateway.rollout.assign import subject_of, variant
 from gateway.testing.adapters import TINY_BASE, write_adapter
 from gateway.testing.fake_vllm import FakeEngineState
@@ -61,6 +63,8 @@ async def ask(
         body["user"] = user
     response = await client.post("/v1/chat/completions", json=body, headers=headers)
     assert response.status_code == 200, response.text
+    # Stable or canary, the answer names what the client asked for.
+    assert response.json()["model"] == model
     return response.headers["x-adapter"], response.headers.get("x-variant")
 
 
@@ -229,7 +233,9 @@ async def retired(client: httpx.AsyncClient, app: FastAPI, root: Path) -> None:
 
 
 async def failed(client: httpx.AsyncClient, app: FastAPI, root: Path) -> None:
-    app.state.lifecycle.registry.set_state("pirate", 2, VersionState.FAILED, actor="test")
+    # As another replica (or a refused load) would: straight in the registry.
+    registry = Registry(session_factory(make_engine(app.state.settings.resolved_database_url)))
+    registry.set_state("pirate", 2, VersionState.FAILED, actor="test")
     await app.state.lifecycle.refresh()
 
 

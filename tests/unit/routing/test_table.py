@@ -7,10 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.errors import InvalidRequest
-from gateway.routing.catalog import AdapterVersion, ModelCatalog
+from gateway.catalog import AdapterVersion, ModelCatalog
+from gateway.errors import InvalidRequest, InvalidRouteTable
 from gateway.routing.table import (
-    InvalidRouteTable,
     RouteTable,
     check_adapters,
     parse_table,

@@ -6,7 +6,8 @@ import asyncio
 
 import pytest
 
-from gateway.upstream.residency import NoRoom, Residency
+from gateway.errors import NoRoom
+from gateway.upstream.residency import Residency
 
 
 class FakeEngine:

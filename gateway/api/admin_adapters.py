@@ -1,73 +1,40 @@
-"""The admin API: register, inspect, load, unload, pin, retire and delete adapter versions.
+"""The adapter admin API: register, inspect, load, unload, pin, retire, make stable and delete
+adapter versions, and read the audit trail.
 
 The API-key middleware admits only the admin key here (or loopback clients when no admin
 key is configured). Every change is one registry transaction with its audit event; the
-actor is the caller (`admin`, plus an optional `x-actor` header naming the person).
+actor is the caller (`admin`, plus an optional `x-actor` header naming the person). Each
+handler is one call into the lifecycle (or the rollout manager) and its answer.
 """
 
 from __future__ import annotations
 
-import asyncio
-import re
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 
-from gateway.api.admin_models import (
+from gateway.api.adapter_models import (
     AdapterList,
     AdapterOut,
     AuditList,
     AuditOut,
     DeletedOut,
     LoadBody,
-    ReasonBody,
     RegisterBody,
     VersionOut,
-    adapter_out,
 )
-from gateway.api.auth import principal_of
-from gateway.lifecycle import AdapterLifecycle, RegisterCommand
-from gateway.registry.schema import AdapterVersionRow
+from gateway.api.deps import ActorDep, LifecycleDep, ReasonDep, RolloutsDep
+from gateway.lifecycle import RegisterCommand
 
 router = APIRouter(prefix="/admin", tags=["admin"])
-_ACTOR = re.compile(r"^[A-Za-z0-9@._ -]{1,64}$")
-
-
-async def get_lifecycle(request: Request) -> AdapterLifecycle:
-    """The adapter lifecycle service."""
-    lifecycle: AdapterLifecycle = request.app.state.lifecycle
-    return lifecycle
-
-
-async def get_actor(request: Request) -> str:
-    """Who is calling, for the audit trail."""
-    principal = principal_of(request.scope)
-    who = principal.name if principal is not None else "anonymous"
-    person = request.headers.get("x-actor", "")
-    return f"{who}:{person}" if _ACTOR.match(person) else who
-
-
-async def get_reason(body: ReasonBody | None = None) -> str:
-    """The optional `{"reason": ...}` body of a change."""
-    return (body or ReasonBody()).reason
-
-
-LifecycleDep = Annotated[AdapterLifecycle, Depends(get_lifecycle)]
-ActorDep = Annotated[str, Depends(get_actor)]
-ReasonDep = Annotated[str, Depends(get_reason)]
 VersionPath = "/adapters/{name}/versions/{version}"
-
-
-def _out(lifecycle: AdapterLifecycle, row: AdapterVersionRow) -> VersionOut:
-    return VersionOut.of(row, row.adapter.name, lifecycle.resident_on(row))
 
 
 @router.get("/adapters")
 async def list_adapters(lifecycle: LifecycleDep) -> AdapterList:
     """Every adapter with every version, its state and where it is resident."""
-    adapters = await asyncio.to_thread(lifecycle.registry.adapters)
-    return AdapterList(data=[adapter_out(a, lifecycle.resident_on) for a in adapters])
+    return AdapterList(data=[AdapterOut.of(a) for a in await lifecycle.adapters()])
 
 
 @router.post("/adapters", status_code=201, response_model=VersionOut)
@@ -81,24 +48,21 @@ async def register(body: RegisterBody, lifecycle: LifecycleDep, actor: ActorDep)
         manifest=body.manifest,
         reason=body.reason,
     )
-    registration = await lifecycle.register(command, actor=actor)
-    out = _out(lifecycle, registration.version)
-    return JSONResponse(
-        out.model_dump(mode="json"), status_code=201 if registration.created else 200
-    )
+    view = await lifecycle.register(command, actor=actor)
+    out = VersionOut.of(view)
+    return JSONResponse(out.model_dump(mode="json"), status_code=201 if view.created else 200)
 
 
 @router.get("/adapters/{name}")
 async def get_adapter(name: str, lifecycle: LifecycleDep) -> AdapterOut:
     """One adapter with every version."""
-    adapter = await asyncio.to_thread(lifecycle.registry.adapter, name)
-    return adapter_out(adapter, lifecycle.resident_on)
+    return AdapterOut.of(await lifecycle.adapter(name))
 
 
 @router.get(VersionPath)
 async def get_version(name: str, version: int, lifecycle: LifecycleDep) -> VersionOut:
     """One version."""
-    return _out(lifecycle, await asyncio.to_thread(lifecycle.registry.version, name, version))
+    return VersionOut.of(await lifecycle.version(name, version))
 
 
 @router.post(f"{VersionPath}/load")
@@ -111,8 +75,8 @@ async def load(
 ) -> VersionOut:
     """Load the version into every healthy replica now (optionally pinned)."""
     body = body or LoadBody()
-    row = await lifecycle.load(name, version, pin=body.pin, actor=actor, reason=body.reason)
-    return _out(lifecycle, row)
+    view = await lifecycle.load(name, version, pin=body.pin, actor=actor, reason=body.reason)
+    return VersionOut.of(view)
 
 
 @router.post(f"{VersionPath}/unload")
@@ -120,7 +84,7 @@ async def unload(
     name: str, version: int, lifecycle: LifecycleDep, actor: ActorDep, reason: ReasonDep
 ) -> VersionOut:
     """Unpin the version and unload it everywhere; it is loaded again on demand."""
-    return _out(lifecycle, await lifecycle.unload(name, version, actor=actor, reason=reason))
+    return VersionOut.of(await lifecycle.unload(name, version, actor=actor, reason=reason))
 
 
 @router.post(f"{VersionPath}/pin")
@@ -128,8 +92,8 @@ async def pin(
     name: str, version: int, lifecycle: LifecycleDep, actor: ActorDep, reason: ReasonDep
 ) -> VersionOut:
     """Never evict the version."""
-    row = await lifecycle.set_pinned(name, version, True, actor=actor, reason=reason)
-    return _out(lifecycle, row)
+    view = await lifecycle.set_pinned(name, version, True, actor=actor, reason=reason)
+    return VersionOut.of(view)
 
 
 @router.post(f"{VersionPath}/unpin")
@@ -137,8 +101,8 @@ async def unpin(
     name: str, version: int, lifecycle: LifecycleDep, actor: ActorDep, reason: ReasonDep
 ) -> VersionOut:
     """Let the version be evicted again."""
-    row = await lifecycle.set_pinned(name, version, False, actor=actor, reason=reason)
-    return _out(lifecycle, row)
+    view = await lifecycle.set_pinned(name, version, False, actor=actor, reason=reason)
+    return VersionOut.of(view)
 
 
 @router.post(f"{VersionPath}/retire")
@@ -146,7 +110,16 @@ async def retire(
     name: str, version: int, lifecycle: LifecycleDep, actor: ActorDep, reason: ReasonDep
 ) -> VersionOut:
     """Stop serving the version for good."""
-    return _out(lifecycle, await lifecycle.retire(name, version, actor=actor, reason=reason))
+    return VersionOut.of(await lifecycle.retire(name, version, actor=actor, reason=reason))
+
+
+@router.post(f"{VersionPath}/stable")
+async def make_stable(
+    name: str, version: int, rollouts: RolloutsDep, actor: ActorDep, reason: ReasonDep
+) -> VersionOut:
+    """Serve `name@version` under `name` from now on, without a rollout (refused while the
+    route has an active rollout)."""
+    return VersionOut.of(await rollouts.make_stable(name, version, actor=actor, reason=reason))
 
 
 @router.delete(VersionPath)
@@ -165,5 +138,4 @@ async def audit(
     limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
 ) -> AuditList:
     """The newest audit events, oldest first."""
-    events = await asyncio.to_thread(lifecycle.registry.audit, adapter, limit)
-    return AuditList(data=[AuditOut.of(e) for e in events])
+    return AuditList(data=[AuditOut.of(e) for e in await lifecycle.audit(adapter, limit)])

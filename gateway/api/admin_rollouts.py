@@ -8,19 +8,15 @@
 - `POST /admin/rollouts/{route}/{pause|resume|advance|promote|rollback|abort}`.
 - `POST /admin/rollouts/{route}/assignments`: which variant each subject gets now.
 - `GET /admin/rollouts/{route}/shadow-pairs`: (primary, shadow) answers for comparison.
-- `POST /admin/adapters/{name}/versions/{version}/stable`: make a version stable at once
-  (refused while the route has an active rollout).
 """
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query
 
-from gateway.api.admin import ActorDep, LifecycleDep, ReasonDep, VersionPath
-from gateway.api.admin_models import VersionOut
+from gateway.api.deps import ActorDep, RolloutsDep
 from gateway.api.rollout_models import (
     AssignBody,
     AssignOut,
@@ -31,27 +27,18 @@ from gateway.api.rollout_models import (
     ShadowPairOut,
     StartBody,
 )
-from gateway.registry.rollouts import Samples
 from gateway.rollout.machine import Command
-from gateway.rollout.manager import RolloutManager, RolloutStatus
 
 router = APIRouter(prefix="/admin", tags=["admin"])
-
-
-async def get_rollouts(request: Request) -> RolloutManager:
-    """The rollout manager."""
-    manager: RolloutManager = request.app.state.rollouts
-    return manager
-
-
-RolloutsDep = Annotated[RolloutManager, Depends(get_rollouts)]
 
 
 @router.post("/rollouts", status_code=201)
 async def start(body: StartBody, rollouts: RolloutsDep, actor: ActorDep) -> RolloutOut:
     """Start a rollout in shadow once the candidate is warm everywhere."""
-    await rollouts.begin(body.route, body.version, body.plan, actor=actor, reason=body.reason)
-    return RolloutOut.of(await rollouts.status(body.route))
+    status = await rollouts.begin(
+        body.route, body.version, body.plan, actor=actor, reason=body.reason
+    )
+    return RolloutOut.of(status)
 
 
 @router.get("/rollouts")
@@ -59,13 +46,7 @@ async def list_rollouts(
     rollouts: RolloutsDep, limit: Annotated[int, Query(ge=1, le=1000)] = 50
 ) -> RolloutList:
     """The newest rollouts, active or ended, newest first."""
-    rows = await asyncio.to_thread(rollouts.store.recent, limit)
-    data = []
-    for row in rows:
-        samples: Samples = await asyncio.to_thread(rollouts.store.samples, row.id)
-        status = RolloutStatus(row, samples, [], [], rollouts.warm_here(row.id))
-        data.append(RolloutOut.of(status))
-    return RolloutList(data=data)
+    return RolloutList(data=[RolloutOut.of(s) for s in await rollouts.recent(limit)])
 
 
 @router.get("/rollouts/{route}")
@@ -91,8 +72,7 @@ async def shadow_pairs(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> ShadowPairList:
     """(primary, shadow) answers of the route's active or latest rollout, oldest first."""
-    row = (await rollouts.status(route)).row
-    pairs = await asyncio.to_thread(rollouts.store.pairs, row.id, after=after, limit=limit)
+    pairs = await rollouts.shadow_pairs(route, after=after, limit=limit)
     return ShadowPairList(
         data=[ShadowPairOut.model_validate(p, from_attributes=True) for p in pairs]
     )
@@ -108,20 +88,7 @@ async def command(
 ) -> RolloutOut:
     """Pause, resume, advance a step, promote, roll back or abort the active rollout."""
     body = body or CommandBody()
-    await rollouts.command(route, command, actor=actor, reason=body.reason, force=body.force)
-    return RolloutOut.of(await rollouts.status(route))
-
-
-@router.post(f"{VersionPath}/stable")
-async def make_stable(
-    name: str,
-    version: int,
-    rollouts: RolloutsDep,
-    lifecycle: LifecycleDep,
-    actor: ActorDep,
-    reason: ReasonDep,
-) -> VersionOut:
-    """Serve `name@version` under `name` from now on, without a rollout."""
-    await rollouts.make_stable(name, version, actor=actor, reason=reason)
-    row = await asyncio.to_thread(lifecycle.registry.version, name, version)
-    return VersionOut.of(row, name, lifecycle.resident_on(row))
+    status = await rollouts.command(
+        route, command, actor=actor, reason=body.reason, force=body.force
+    )
+    return RolloutOut.of(status)

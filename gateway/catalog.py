@@ -1,5 +1,8 @@
 """The model catalogue: which names a client may put in `model`, and what each means.
 
+A leaf: every part that names an adapter version (the pool, the lifecycle, rollouts, the API)
+spells it through this module, and this module imports nothing of theirs.
+
 `model` is one of:
 - the base model's name: no adapter;
 - an adapter name (`"pirate"`): its stable version (the first registered, or the last
@@ -22,6 +25,22 @@ log = logging.getLogger(__name__)
 ADAPTER_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 _VERSION_DIR = re.compile(r"^v([1-9][0-9]{0,8})$")
 BASE_LABEL = "base"
+# Adapter names may not contain `--`, so `name--vN` splits back into one name and version.
+_ENGINE_NAME = re.compile(r"^([a-z0-9][a-z0-9_.-]{0,62})--v([1-9][0-9]*)$")
+
+
+def engine_name(name: str, version: int) -> str:
+    """The name vLLM knows `name@version` by: `name--vN` (the only place it is spelt)."""
+    return f"{name}--v{version}"
+
+
+def parse_engine_name(served: str) -> tuple[str, int] | None:
+    """`(name, version)` of an engine name made by `engine_name`; None for anything else
+    (the base model, or an adapter someone else loaded into the engine)."""
+    match = _ENGINE_NAME.match(served)
+    if match is None or "--" in match.group(1):
+        return None
+    return match.group(1), int(match.group(2))
 
 
 @dataclass(frozen=True)
@@ -37,7 +56,7 @@ class AdapterVersion:
     @property
     def engine_name(self) -> str:
         """The name vLLM knows this version by."""
-        return f"{self.name}--v{self.version}"
+        return engine_name(self.name, self.version)
 
     @property
     def ref(self) -> str:

@@ -4,8 +4,14 @@ from pathlib import Path
 
 import pytest
 
+from gateway.catalog import (
+    AdapterVersion,
+    ModelCatalog,
+    engine_name,
+    parse_engine_name,
+    scan_adapter_root,
+)
 from gateway.errors import ModelNotFound
-from gateway.routing.catalog import AdapterVersion, ModelCatalog, scan_adapter_root
 
 
 def make_adapter(root: Path, name: str, version: int) -> Path:
@@ -78,3 +84,18 @@ def test_unknown_models_raise_not_found(model: str) -> None:
 def test_model_ids_list_base_first() -> None:
     catalog = ModelCatalog("base", [AdapterVersion("a", 1, Path("/a1"))])
     assert [m for m, _ in catalog.model_ids()] == ["base", "a", "a@1"]
+
+
+@pytest.mark.parametrize(("name", "version"), [("pirate", 1), ("a.b_c-d", 12), ("x", 999999999)])
+def test_an_engine_name_reads_back_as_its_name_and_version(name: str, version: int) -> None:
+    made = engine_name(name, version)
+    assert made == f"{name}--v{version}"
+    assert parse_engine_name(made) == (name, version)
+    assert AdapterVersion(name, version, Path("/x")).engine_name == made
+
+
+@pytest.mark.parametrize(
+    "served", ["smollm2", "pirate", "pirate@1", "pirate--v0", "pirate--v", "a--b--v1", "Pirate--v1"]
+)
+def test_names_the_gateway_did_not_make_are_not_engine_names(served: str) -> None:
+    assert parse_engine_name(served) is None

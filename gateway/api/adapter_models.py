@@ -1,4 +1,7 @@
-"""Bodies and answers of the admin API (`/admin`). Bodies refuse unknown fields."""
+"""Bodies and answers of the adapter admin API (`/admin/adapters`, `/admin/audit`).
+
+Bodies refuse unknown fields. Answers are built from the lifecycle's views.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.registry.schema import Adapter, AdapterVersionRow, AuditEvent
+from gateway.lifecycle import AdapterView, VersionView
 
 _Reason = Field(default="", max_length=1024)
 
@@ -62,8 +65,9 @@ class VersionOut(BaseModel):
     resident_on: list[str]
 
     @classmethod
-    def of(cls, row: AdapterVersionRow, name: str, resident_on: list[str]) -> VersionOut:
-        """From a registry row."""
+    def of(cls, view: VersionView) -> VersionOut:
+        """From the lifecycle's view of a version."""
+        row, name = view.row, view.name
         return cls(
             name=name,
             version=row.version,
@@ -78,7 +82,7 @@ class VersionOut(BaseModel):
             created_at=row.created_at,
             updated_at=row.updated_at,
             pinned=row.pinned,
-            resident_on=resident_on,
+            resident_on=view.resident_on,
         )
 
 
@@ -88,6 +92,12 @@ class AdapterOut(BaseModel):
     name: str
     created_at: datetime
     versions: list[VersionOut]
+
+    @classmethod
+    def of(cls, view: AdapterView) -> AdapterOut:
+        """From the lifecycle's view of an adapter."""
+        versions = [VersionOut.of(v) for v in view.versions]
+        return cls(name=view.name, created_at=view.created_at, versions=versions)
 
 
 class AdapterList(BaseModel):
@@ -114,19 +124,11 @@ class AuditOut(BaseModel):
     detail: dict[str, Any]
 
     @classmethod
-    def of(cls, event: AuditEvent) -> AuditOut:
+    def of(cls, event: object) -> AuditOut:
+        """From an audit event (any object with these attributes)."""
         return cls.model_validate(event, from_attributes=True)
 
 
 class AuditList(BaseModel):
     object: Literal["list"] = "list"
     data: list[AuditOut]
-
-
-def adapter_out(adapter: Adapter, resident_on: Any) -> AdapterOut:
-    """An adapter row with its versions; `resident_on(row)` gives each version's replicas."""
-    return AdapterOut(
-        name=adapter.name,
-        created_at=adapter.created_at,
-        versions=[VersionOut.of(v, adapter.name, resident_on(v)) for v in adapter.versions],
-    )
