@@ -35,7 +35,7 @@ def train_demo(
     ],
     adapter_root: Annotated[Path, typer.Option(help="Adapters go to ROOT/<name>/v1/.")],
 ) -> None:
-    """Train the pirate, french and shout demo adapters that are missing or stale."""
+    """Train the pirate, french, shout and cowboy demo adapters that are missing or stale."""
     stale = set(stale_demo_adapters(base_dir, adapter_root))
     paths = ensure_demo_adapters(base_dir, adapter_root)
 

@@ -9,5 +9,14 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 # `model: "auto"` starts with the demo route table (the registry's table once one is put).
 export GATEWAY_ROUTING__TABLE=${GATEWAY_ROUTING__TABLE:-demo}
 scripts/setup.sh
-.venv/bin/lora-gateway prepare
+# The gateway prepares what it serves and says where things are; the demo adapters are the
+# adapter pipeline's to train (both skip what is already there).
+prepared=$(.venv/bin/lora-gateway prepare --json)
+place() {
+  .venv/bin/python -c 'import json, sys; print(json.loads(sys.argv[1])[sys.argv[2]])' \
+    "$prepared" "$1"
+}
+base_dir=$(place bf16_dir)
+adapter_root=$(place adapter_root)
+.venv/bin/python -m adapters train-demo --base-dir "$base_dir" --adapter-root "$adapter_root"
 exec .venv/bin/lora-gateway serve "$@"

@@ -1,73 +1,103 @@
-"""`lora-gateway`: prepare the embedded default and run the gateway."""
+"""`lora-gateway prepare` and `lora-gateway serve`: the embedded default and the gateway."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
+import shlex
+import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 
-from gateway.admin_cli import adapters_app, keys_app
 from gateway.api.auth import describe_open_mode
+from gateway.cli.settings import load_settings
 from gateway.config import Settings
-from gateway.rollouts_cli import rollouts_app
-from gateway.routes_cli import routes_app
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console()
-app.add_typer(adapters_app, name="adapters")
-app.add_typer(keys_app, name="keys")
-app.add_typer(routes_app, name="routes")
-app.add_typer(rollouts_app, name="rollouts")
 
 
 def _settings(host: str | None, port: int | None) -> Settings:
-    settings = Settings()
+    settings = load_settings()
     updates = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
     return settings.model_copy(update=updates) if updates else settings
 
 
-@app.command()
-def prepare() -> None:
-    """Prepare the embedded base model checkpoint, train the demo adapters and prepare the
-    `auto` classifier's model (once; cached)."""
+def prepare(
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json", help="Print where everything is as one JSON object (progress: stderr)."
+        ),
+    ] = False,
+) -> None:
+    """Prepare the embedded base model checkpoint and the `auto` classifier's model (once;
+    cached), and show where they and the adapters are."""
     # Everything comes from local packages and files: never ask a model hub.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    # Only this command needs torch; the serving process never imports it.
-    from adapters.demo import ensure_demo_adapters
-    from gateway.engine.basemodel import convert_gguf, prepare_base_model
-
-    settings = Settings()
+    settings = load_settings()
     logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s")
-    if settings.engine.model_dir is None:
-        model_dir = prepare_base_model(settings.cache_dir, settings.engine.checkpoint)
-        console.print(f"base model ({settings.engine.checkpoint}): {model_dir}")
-    bf16_dir = convert_gguf(settings.cache_dir)
-    adapters = ensure_demo_adapters(bf16_dir, settings.resolved_adapter_root)
-    for name, path in adapters.items():
-        console.print(f"adapter {name}: {path}")
+    if as_json:
+        # Scripts read stdout as JSON: the progress lines and whatever the model tools print
+        # go to stderr.
+        with contextlib.redirect_stdout(sys.stderr):
+            places = _prepare(settings)
+        typer.echo(json.dumps({name: str(path) for name, path in places.items()}))
+        return
+    places = _prepare(settings)
+    console.print(f"adapter root: {places['adapter_root']}", soft_wrap=True, highlight=False)
+    train = [
+        f"{shlex.quote(sys.executable)} -m adapters train-demo",
+        f"--base-dir {shlex.quote(str(places['bf16_dir']))}",
+        f"--adapter-root {shlex.quote(str(places['adapter_root']))}",
+    ]
+    console.print(f"demo adapters: {' '.join(train)}", soft_wrap=True, highlight=False)
+
+
+def _prepare(settings: Settings) -> dict[str, Path]:
+    """Prepare what is missing and print each model's place; return where the served model,
+    its bf16 original, the classifier's model and the adapter root are."""
+    # Only this command needs torch; the serving process never imports it.
+    from gateway.engine.basemodel import convert_gguf, prepare_base_model
     from gateway.routing.embedder import packaged_files, prepare_model
 
-    if settings.routing.model_path is None:
+    model_dir = settings.resolved_model_dir
+    if settings.engine.model_dir is None:
+        model_dir = prepare_base_model(settings.cache_dir, settings.engine.checkpoint)
+        console.print(f"base model ({settings.engine.checkpoint}): {model_dir}", soft_wrap=True)
+    # The demo adapters are trained on the embedded model's bf16 original.
+    bf16_dir = convert_gguf(settings.cache_dir)
+    console.print(f"bf16 base model (adapters train on it): {bf16_dir}", soft_wrap=True)
+    classifier = settings.routing.model_path
+    if classifier is None:
         files = packaged_files()
         classifier = prepare_model(files.onnx, settings.cache_dir / "classifier", files.sha256)
-        console.print(f"classifier model: {classifier}")
+        console.print(f"classifier model: {classifier}", soft_wrap=True)
+    return {
+        "model_dir": model_dir,
+        "bf16_dir": bf16_dir,
+        "classifier_model": classifier,
+        "adapter_root": settings.resolved_adapter_root,
+    }
 
 
-@app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (GATEWAY_HOST).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (GATEWAY_PORT).")] = None,
 ) -> None:
     """Run the gateway (and, unless GATEWAY_UPSTREAM_URLS is set, the vLLM engine)."""
+    settings = _settings(host, port)
+    # Imported after the settings are read (a bad one is reported without loading the app)
+    # and before logging is set up (what the app's dependencies log on import is noise here).
     import uvicorn
 
     from gateway.app import create_app
 
-    settings = _settings(host, port)
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -108,12 +138,3 @@ def _banner(settings: Settings) -> str:
         + "".join(f"Note: {line}\n" for line in open_mode)
         + "Ctrl-C stops the gateway and the engine."
     )
-
-
-def main() -> None:
-    """Console entry point."""
-    app()
-
-
-if __name__ == "__main__":
-    main()

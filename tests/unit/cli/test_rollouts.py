@@ -17,9 +17,9 @@ import httpx
 import pytest
 from typer.testing import CliRunner, Result
 
-from gateway import admin_cli
 from gateway.app import create_app
 from gateway.cli import app as cli
+from gateway.cli import client
 from gateway.config import Settings
 from gateway.testing.adapters import TINY_BASE, write_adapter
 from gateway.testing.fake_vllm import FakeEngineState, create_fake_vllm
@@ -93,14 +93,14 @@ def _serve(root: Path, state: Path, started: Future[str], stop: threading.Event)
 def sent(monkeypatch: pytest.MonkeyPatch) -> list[httpx.Request]:
     """Every request the CLI sends from now on."""
     requests: list[httpx.Request] = []
-    real_client = admin_cli._client
+    real_client = client.make_client
 
     def spying_client(url: str, key: str | None) -> httpx.Client:
-        client = real_client(url, key)
-        client.event_hooks["request"].append(requests.append)
-        return client
+        http = real_client(url, key)
+        http.event_hooks["request"].append(requests.append)
+        return http
 
-    monkeypatch.setattr(admin_cli, "_client", spying_client)
+    monkeypatch.setattr(client, "make_client", spying_client)
     return requests
 
 

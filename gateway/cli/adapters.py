@@ -1,27 +1,31 @@
-"""`lora-gateway adapters` and `lora-gateway keys`: manage the gateway through its admin API."""
+"""`lora-gateway adapters`: register, load, retire and audit adapter versions."""
 
 from __future__ import annotations
 
-import contextlib
-import getpass
-import hashlib
 import json
-import secrets
-from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated
 from urllib.parse import quote
 
-import httpx
 import typer
-from rich.console import Console, RenderableType
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-Json = dict[str, Any]
+from gateway.cli.client import (
+    DEFAULT_URL,
+    AdminKey,
+    AsJson,
+    Json,
+    Reason,
+    Url,
+    emit,
+    fail,
+    only_set,
+    request,
+    when,
+)
 
-DEFAULT_URL = "http://127.0.0.1:8000"
 STATE_STYLES = {
     "ready": "green",
     "failed": "red",
@@ -33,100 +37,13 @@ STATE_STYLES = {
 adapters_app = typer.Typer(
     no_args_is_help=True, help="Register, load, retire and audit adapter versions."
 )
-keys_app = typer.Typer(no_args_is_help=True, help="Make API keys for admins and tenants.")
-console = Console()
-err_console = Console(stderr=True)
 
-Url = Annotated[str, typer.Option("--url", envvar="LORA_GATEWAY_URL", help="Gateway base URL.")]
-AdminKey = Annotated[
-    str | None,
-    typer.Option("--admin-key", envvar="LORA_GATEWAY_ADMIN_KEY", help="Admin API key."),
-]
-AsJson = Annotated[bool, typer.Option("--json", help="Print the raw JSON response.")]
 Name = Annotated[str, typer.Argument(help="Adapter name.")]
 Version = Annotated[int, typer.Argument(min=1, help="Adapter version.")]
-Reason = Annotated[str | None, typer.Option(help="Why; kept in the audit log.")]
-
-
-def _client(
-    url: str, key: str | None, transport: httpx.BaseTransport | None = None
-) -> httpx.Client:
-    """Build the admin API client; tests pass a fake transport."""
-    # The audit trail names the person behind the admin key.
-    headers = {"x-actor": _user()}
-    if key:
-        headers["Authorization"] = f"Bearer {key}"
-    # Loads wait for every replica; a first load into a busy engine can take a while.
-    return httpx.Client(base_url=url, headers=headers, timeout=120.0, transport=transport)
-
-
-def _user() -> str:
-    with contextlib.suppress(Exception):
-        return getpass.getuser()
-    return "unknown"
-
-
-def _fail(message: str) -> NoReturn:
-    err_console.print(f"[red]error: {escape(message)}[/red]", soft_wrap=True, highlight=False)
-    raise typer.Exit(1)
-
-
-def _request(
-    url: str,
-    key: str | None,
-    method: str,
-    path: str,
-    *,
-    body: Json | None = None,
-    params: Json | None = None,
-    content: bytes | None = None,
-    content_type: str | None = None,
-) -> httpx.Response:
-    """Call the admin API; on any failure print why and exit 1."""
-    headers = {"content-type": content_type} if content_type else None
-    try:
-        with _client(url, key) as client:
-            response = client.request(
-                method, path, json=body, params=params, content=content, headers=headers
-            )
-    except (httpx.HTTPError, httpx.InvalidURL) as exc:
-        _fail(f"cannot reach the gateway at {url}: {str(exc) or type(exc).__name__}")
-    if response.is_error:
-        _fail(f"{_error_message(response)} (HTTP {response.status_code})")
-    return response
-
-
-def _error_message(response: httpx.Response) -> str:
-    try:
-        return str(response.json()["error"]["message"])
-    except (ValueError, KeyError, TypeError):
-        # Not the gateway's error shape (a proxy in between, say): show what came back.
-        return response.text.strip() or response.reason_phrase
-
-
-def _body(**fields: Any) -> Json:
-    return {name: value for name, value in fields.items() if value is not None}
 
 
 def _version_path(name: str, version: int) -> str:
     return f"/admin/adapters/{quote(name, safe='')}/versions/{version}"
-
-
-def _emit(payload: Any, as_json: bool, *renderables: RenderableType) -> None:
-    """Print the raw JSON response, or its human rendering."""
-    if as_json:
-        typer.echo(json.dumps(payload, indent=2))
-        return
-    for item in renderables:
-        # Messages stay on one line so refs and env settings can be copied whole.
-        console.print(item, soft_wrap=isinstance(item, str | Text), highlight=False)
-
-
-def _when(iso: str) -> str:
-    try:
-        return datetime.fromisoformat(iso).strftime("%Y-%m-%d %H:%M:%S")
-    except ValueError:
-        return iso
 
 
 def _versions_table(versions: list[Json], *, replica_urls: bool = False) -> Table:
@@ -143,7 +60,7 @@ def _versions_table(versions: list[Json], *, replica_urls: bool = False) -> Tabl
             escape("\n".join(resident) if replica_urls else str(len(resident))),
             "yes" if v["pinned"] else "no",
             v["sha256"][:12],
-            _when(v["created_at"]),
+            when(v["created_at"]),
         )
     return table
 
@@ -172,9 +89,9 @@ def _read_manifest(path: Path) -> Json:
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        _fail(f"cannot read manifest {path}: {exc}")
+        fail(f"cannot read manifest {path}: {exc}")
     if not isinstance(manifest, dict):
-        _fail(f"manifest {path} must be a JSON object, not {type(manifest).__name__}")
+        fail(f"manifest {path} must be a JSON object, not {type(manifest).__name__}")
     return manifest
 
 
@@ -190,16 +107,16 @@ def _change(
 ) -> None:
     """POST a state change for one version and print the version it leaves."""
     path = f"{_version_path(name, version)}/{action}"
-    result = _request(url, key, "POST", path, body=body).json()
-    _emit(result, as_json, f"{done} {result['ref']}", _versions_table([result], replica_urls=True))
+    result = request(url, key, "POST", path, body=body).json()
+    emit(result, as_json, f"{done} {result['ref']}", _versions_table([result], replica_urls=True))
 
 
 @adapters_app.command("list")
 def list_(url: Url = DEFAULT_URL, admin_key: AdminKey = None, as_json: AsJson = False) -> None:
     """List every adapter version with its state and residency."""
-    payload = _request(url, admin_key, "GET", "/admin/adapters").json()
+    payload = request(url, admin_key, "GET", "/admin/adapters").json()
     versions = [v for adapter in payload["data"] for v in adapter["versions"]]
-    _emit(payload, as_json, _versions_table(versions) if versions else "no adapters registered")
+    emit(payload, as_json, _versions_table(versions) if versions else "no adapters registered")
 
 
 @adapters_app.command()
@@ -207,9 +124,9 @@ def show(
     name: Name, url: Url = DEFAULT_URL, admin_key: AdminKey = None, as_json: AsJson = False
 ) -> None:
     """Show one adapter's versions and a summary of each manifest."""
-    adapter = _request(url, admin_key, "GET", f"/admin/adapters/{quote(name, safe='')}").json()
+    adapter = request(url, admin_key, "GET", f"/admin/adapters/{quote(name, safe='')}").json()
     versions = adapter["versions"]
-    _emit(
+    emit(
         adapter,
         as_json,
         _versions_table(versions, replica_urls=True),
@@ -232,7 +149,7 @@ def register(
     as_json: AsJson = False,
 ) -> None:
     """Register an adapter version; registering the same content again is a no-op."""
-    body = _body(
+    body = only_set(
         name=name,
         path=path,
         sha256=sha256,
@@ -240,10 +157,10 @@ def register(
         manifest=_read_manifest(manifest) if manifest else None,
         reason=reason,
     )
-    response = _request(url, admin_key, "POST", "/admin/adapters", body=body)
+    response = request(url, admin_key, "POST", "/admin/adapters", body=body)
     version = response.json()
     done = "registered" if response.status_code == 201 else "already registered as"
-    _emit(version, as_json, f"{done} {version['ref']}", _versions_table([version]))
+    emit(version, as_json, f"{done} {version['ref']}", _versions_table([version]))
 
 
 @adapters_app.command()
@@ -257,7 +174,8 @@ def load(
     as_json: AsJson = False,
 ) -> None:
     """Load a version onto the replicas."""
-    _change("load", "loaded", name, version, _body(pin=pin, reason=reason), url, admin_key, as_json)
+    body = only_set(pin=pin, reason=reason)
+    _change("load", "loaded", name, version, body, url, admin_key, as_json)
 
 
 @adapters_app.command()
@@ -270,7 +188,7 @@ def unload(
     as_json: AsJson = False,
 ) -> None:
     """Unload a version from the replicas."""
-    body = _body(reason=reason)
+    body = only_set(reason=reason)
     _change("unload", "unloaded", name, version, body, url, admin_key, as_json)
 
 
@@ -301,7 +219,7 @@ def stable(
     name, _, number = ref.rpartition("@")
     if not (name and number.isascii() and number.isdigit() and int(number) >= 1):
         raise typer.BadParameter(f"{ref!r} is not NAME@VERSION (e.g. pirate@2)")
-    body = _body(reason=reason)
+    body = only_set(reason=reason)
     _change("stable", "stable version now:", name, int(number), body, url, admin_key, as_json)
 
 
@@ -317,8 +235,8 @@ def delete(
     """Delete a version from the registry (asks first unless --yes)."""
     if not yes:
         typer.confirm(f"Delete {name}@{version}? This cannot be undone.", abort=True)
-    result = _request(url, admin_key, "DELETE", _version_path(name, version)).json()
-    _emit(result, as_json, f"deleted {result['name']}@{result['version']}")
+    result = request(url, admin_key, "DELETE", _version_path(name, version)).json()
+    emit(result, as_json, f"deleted {result['name']}@{result['version']}")
 
 
 @adapters_app.command()
@@ -330,8 +248,8 @@ def audit(
     as_json: AsJson = False,
 ) -> None:
     """Show recent admin actions, newest last."""
-    params = _body(adapter=adapter, limit=limit)
-    payload = _request(url, admin_key, "GET", "/admin/audit", params=params).json()
+    params = only_set(adapter=adapter, limit=limit)
+    payload = request(url, admin_key, "GET", "/admin/audit", params=params).json()
     table = Table("id", "at", "actor", "action", "adapter", "reason", "detail")
     for event in payload["data"]:
         ref = (
@@ -341,29 +259,11 @@ def audit(
         )
         table.add_row(
             str(event["id"]),
-            _when(event["at"]),
+            when(event["at"]),
             escape(event["actor"]),
             escape(event["action"]),
             escape(ref),
             escape(event["reason"]),
             escape(json.dumps(event["detail"])) if event["detail"] else "",
         )
-    _emit(payload, as_json, table if payload["data"] else "no audit events")
-
-
-@keys_app.command()
-def new(as_json: AsJson = False) -> None:
-    """Print a fresh random API key, its sha256, and how to configure it."""
-    key = "lgw-" + secrets.token_urlsafe(32)
-    digest = hashlib.sha256(key.encode()).hexdigest()
-    tenant = [
-        {"name": "team-a", "key_sha256": digest, "adapters": ["pirate"], "rate_per_minute": 120}
-    ]
-    howto = Text(
-        f"key:    {key}\n"
-        f"sha256: {digest}\n\n"
-        "Give the key to its holder; the gateway is configured with the sha256 only.\n"
-        f"As the admin key:  GATEWAY_ADMIN_KEY_SHA256={digest}\n"
-        f"As a tenant key:   GATEWAY_TENANT_KEYS='{json.dumps(tenant)}'"
-    )
-    _emit({"key": key, "sha256": digest}, as_json, howto)
+    emit(payload, as_json, table if payload["data"] else "no audit events")

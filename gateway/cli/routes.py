@@ -17,19 +17,21 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from gateway.admin_cli import (
+from gateway.cli.client import (
     DEFAULT_URL,
     AdminKey,
     AsJson,
     Json,
     Url,
-    _emit,
-    _fail,
-    _request,
     console,
+    emit,
+    fail,
+    request,
 )
+from gateway.cli.settings import load_settings
+from gateway.errors import InvalidRouteTable
 from gateway.routing.calibrate import Report, evaluate, load_samples
-from gateway.routing.table import DEMO_TABLE, InvalidRouteTable, parse_table, read_table_source
+from gateway.routing.table import DEMO_TABLE, parse_table, read_table_source
 
 routes_app = typer.Typer(
     no_args_is_help=True, help="Show, replace, try and calibrate the `auto` route table."
@@ -41,7 +43,7 @@ def _read_source(where: str) -> str:
     try:
         return read_table_source(where)
     except OSError as exc:
-        _fail(f"cannot read {where}: {exc.strerror or exc}")
+        fail(f"cannot read {where}: {exc.strerror or exc}")
 
 
 def _summary_table(summary: Json) -> Table:
@@ -76,11 +78,11 @@ def show(
     source: Annotated[bool, typer.Option("--source", help="Print the table's YAML.")] = False,
 ) -> None:
     """Show the route table in use."""
-    payload = _request(url, admin_key, "GET", "/admin/routes").json()
+    payload = request(url, admin_key, "GET", "/admin/routes").json()
     if source and not as_json:
         typer.echo(payload["source"], nl=False)
         return
-    _emit(payload, as_json, _describe(payload, "in use:"), _summary_table(payload["summary"]))
+    emit(payload, as_json, _describe(payload, "in use:"), _summary_table(payload["summary"]))
 
 
 @routes_app.command()
@@ -94,7 +96,7 @@ def apply(
 ) -> None:
     """Replace the route table (checked whole first; a bad one changes nothing)."""
     params: Json = {"dry_run": str(dry_run).lower(), "reason": reason}
-    response = _request(
+    response = request(
         url,
         admin_key,
         "PUT",
@@ -105,7 +107,7 @@ def apply(
     )
     payload = response.json()
     verb = "checked" if dry_run else "applied"
-    _emit(payload, as_json, _describe(payload, verb), _summary_table(payload["summary"]))
+    emit(payload, as_json, _describe(payload, verb), _summary_table(payload["summary"]))
 
 
 @routes_app.command()
@@ -116,7 +118,7 @@ def classify(
     as_json: AsJson = False,
 ) -> None:
     """Where a text would be routed, with every route's similarity."""
-    payload = _request(url, admin_key, "POST", "/admin/classify", body={"text": text}).json()
+    payload = request(url, admin_key, "POST", "/admin/classify", body={"text": text}).json()
     scores = Table("route", "similarity")
     for name, score in sorted(payload["scores"].items(), key=lambda kv: -kv[1]):
         scores.add_row(escape(name), f"{score:.3f}")
@@ -127,7 +129,7 @@ def classify(
     )
     if payload["threshold"] is not None:
         line += f", threshold {payload['threshold']:.2f}"
-    _emit(payload, as_json, line, scores)
+    emit(payload, as_json, line, scores)
 
 
 @routes_app.command()
@@ -147,30 +149,30 @@ def calibrate(
     """Evaluate a table on labelled prompts: accuracy, precision and recall per route,
     confusion matrix, and a suggested threshold."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from gateway.config import Settings
     from gateway.routing.classifier import RouteIndex
     from gateway.routing.embedder import ModelMissing, load_embedder
 
     try:
         route_table = parse_table(_read_source(table))
     except InvalidRouteTable as exc:
-        _fail(exc.message)
+        fail(exc.message)
     known = [r.name for r in route_table.routes] + [route_table.default.name]
     try:
         samples = load_samples(data, known)
     except (OSError, ValueError) as exc:
-        _fail(f"{data}: {exc}")
-    settings = Settings().routing
+        fail(f"{data}: {exc}")
+    settings = load_settings()
+    routing = settings.routing
     try:
         embedder = load_embedder(
-            Settings().cache_dir,
-            model=settings.model_path,
-            tokenizer=settings.tokenizer_path,
-            threads=settings.threads,
-            max_tokens=settings.max_tokens,
+            settings.cache_dir,
+            model=routing.model_path,
+            tokenizer=routing.tokenizer_path,
+            threads=routing.threads,
+            max_tokens=routing.max_tokens,
         )
     except (ModelMissing, OSError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
     async def embed_many(texts: list[str]) -> object:
         return embedder.embed(texts)

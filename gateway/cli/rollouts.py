@@ -21,18 +21,18 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from gateway.admin_cli import (
+from gateway.cli.client import (
     DEFAULT_URL,
     AdminKey,
     AsJson,
     Json,
     Reason,
     Url,
-    _body,
-    _emit,
-    _fail,
-    _request,
-    _when,
+    emit,
+    fail,
+    only_set,
+    request,
+    when,
 )
 from gateway.rollout.plan import DEFAULT_STEPS
 
@@ -74,11 +74,11 @@ def _read_plan(path: Path) -> Json:
     try:
         plan = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
-        _fail(f"cannot read plan {path}: {exc.strerror or exc}")
+        fail(f"cannot read plan {path}: {exc.strerror or exc}")
     except yaml.YAMLError as exc:
-        _fail(f"plan {path} is not valid YAML or JSON: {exc}")
+        fail(f"plan {path} is not valid YAML or JSON: {exc}")
     if not isinstance(plan, dict):
-        _fail(f"plan {path} must be a mapping (shadow, canary), not {type(plan).__name__}")
+        fail(f"plan {path} must be a mapping (shadow, canary), not {type(plan).__name__}")
     return plan
 
 
@@ -153,8 +153,8 @@ def _summary(r: Json) -> Text:
                 "it serves only the stable version here"
             )
     else:
-        lines.append(f"ended:        {_when(r['ended_at'])}")
-    started = f"started {_when(r['created_at'])} by {r['created_by']}"
+        lines.append(f"ended:        {when(r['ended_at'])}")
+    started = f"started {when(r['created_at'])} by {r['created_by']}"
     lines.append(f"\n{started}" + (f": {r['reason']}" if r["reason"] else ""))
     return lines
 
@@ -191,7 +191,7 @@ def _events_table(r: Json) -> Table:
     table = Table("at", "actor", "action", "reason", "change", title="decisions")
     for event in r["events"]:
         table.add_row(
-            _when(event["at"]),
+            when(event["at"]),
             escape(event["actor"]),
             escape(event["action"].removeprefix("rollout:")),
             escape(event["reason"]),
@@ -221,7 +221,7 @@ def _list_table(rollouts: list[Json]) -> Table:
             stage,
             "shadow" if r["step"] < 0 else f"{r['step'] + 1}/{r['steps']}",
             f"{r['weight']:g}%",
-            _when(r["created_at"]),
+            when(r["created_at"]),
             escape(r["created_by"]),
         )
     return table
@@ -278,12 +278,12 @@ def start(
 
     The plan comes from --plan, or from the other options (unset ones keep the server's
     defaults)."""
-    shadow = _body(
+    shadow = only_set(
         sample_rate=shadow_rate,
         min_samples=shadow_min_samples,
         min_duration_s=shadow_min_duration,
     )
-    step_minimums = _body(min_samples=step_min_samples, min_duration_s=step_min_duration)
+    step_minimums = only_set(min_samples=step_min_samples, min_duration_s=step_min_duration)
     if plan is not None:
         given = {
             "--shadow-rate": shadow_rate,
@@ -301,9 +301,9 @@ def start(
         chosen: Json | None = _read_plan(plan)
     else:
         chosen = _plan_from_options(shadow, steps, step_minimums)
-    body = _body(route=route, version=version, plan=chosen, reason=reason)
-    r = _request(url, admin_key, "POST", "/admin/rollouts", body=body).json()
-    _emit(r, as_json, f"started rollout {r['id']} of {route}@{version}", *_status(r))
+    body = only_set(route=route, version=version, plan=chosen, reason=reason)
+    r = request(url, admin_key, "POST", "/admin/rollouts", body=body).json()
+    emit(r, as_json, f"started rollout {r['id']} of {route}@{version}", *_status(r))
 
 
 @rollouts_app.command()
@@ -311,8 +311,8 @@ def status(
     route: Route, url: Url = DEFAULT_URL, admin_key: AdminKey = None, as_json: AsJson = False
 ) -> None:
     """The route's active rollout (else its latest): stage, weight, samples, decisions."""
-    r = _request(url, admin_key, "GET", _path(route)).json()
-    _emit(r, as_json, *_status(r))
+    r = request(url, admin_key, "GET", _path(route)).json()
+    emit(r, as_json, *_status(r))
 
 
 @rollouts_app.command("list")
@@ -323,9 +323,9 @@ def list_(
     as_json: AsJson = False,
 ) -> None:
     """The newest rollouts, active or ended, newest first."""
-    payload = _request(url, admin_key, "GET", "/admin/rollouts", params={"limit": limit}).json()
+    payload = request(url, admin_key, "GET", "/admin/rollouts", params={"limit": limit}).json()
     rollouts = payload["data"]
-    _emit(payload, as_json, _list_table(rollouts) if rollouts else "no rollouts")
+    emit(payload, as_json, _list_table(rollouts) if rollouts else "no rollouts")
 
 
 def _command(
@@ -338,9 +338,9 @@ def _command(
     *,
     force: bool = False,
 ) -> None:
-    body = _body(reason=reason, force=force or None)
-    r = _request(url, key, "POST", _path(route, action), body=body).json()
-    _emit(r, as_json, f"{DONE[action]} rollout {r['id']} of {route}", *_status(r))
+    body = only_set(reason=reason, force=force or None)
+    r = request(url, key, "POST", _path(route, action), body=body).json()
+    emit(r, as_json, f"{DONE[action]} rollout {r['id']} of {route}", *_status(r))
 
 
 def _add_command(action: str, doc: str, *, with_force: bool) -> None:
@@ -407,12 +407,12 @@ def assign(
 ) -> None:
     """Which variant each subject gets from the active rollout now."""
     body = {"subjects": subjects}
-    payload = _request(url, admin_key, "POST", _path(route, "assignments"), body=body).json()
+    payload = request(url, admin_key, "POST", _path(route, "assignments"), body=body).json()
     table = Table("subject", "variant")
     for subject, variant in zip(subjects, payload["variants"], strict=True):
         table.add_row(escape(subject), variant)
     line = f"rollout {payload['rollout']} ({payload['stage']}, {payload['weight']:g}% canary)"
-    _emit(payload, as_json, line, table)
+    emit(payload, as_json, line, table)
 
 
 @rollouts_app.command()
@@ -426,10 +426,10 @@ def pairs(
 ) -> None:
     """Shadow pairs: the stable version's answer and the candidate's, oldest first."""
     params = {"after": after, "limit": limit}
-    payload = _request(url, admin_key, "GET", _path(route, "shadow-pairs"), params=params).json()
+    payload = request(url, admin_key, "GET", _path(route, "shadow-pairs"), params=params).json()
     found = payload["data"]
     if not found:
-        _emit(payload, as_json, "no shadow pairs")
+        emit(payload, as_json, "no shadow pairs")
         return
     table = Table("id", "request", "endpoint", "stable", "answer", "candidate", "answer")
     for p in found:
@@ -443,4 +443,4 @@ def pairs(
             escape(_excerpt(p["shadow_body"])),
         )
     more = f"more: --after {found[-1]['id']}" if len(found) == limit else ""
-    _emit(payload, as_json, table, *([more] if more else []))
+    emit(payload, as_json, table, *([more] if more else []))

@@ -1,3 +1,5 @@
+"""`lora-gateway routes calibrate` on the demo table and its labelled prompts."""
+
 from __future__ import annotations
 
 import json
@@ -195,3 +197,14 @@ def test_a_missing_table_file_fails_cleanly(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert "error: cannot read" in flat(result.stderr)
     assert "none.yaml" in flat(result.stderr)
+
+
+def test_bad_settings_fail_cleanly_before_loading_the_model(loads: Loads) -> None:
+    before = len(loads.calls)
+    result = CliRunner(env={"GATEWAY_ROUTING__THREADS": "0"}).invoke(
+        app, ["routes", "calibrate", str(demo_eval_path())]
+    )
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: GATEWAY_ROUTING__THREADS: ")
+    assert "Traceback" not in result.output
+    assert len(loads.calls) == before

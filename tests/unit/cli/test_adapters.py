@@ -1,8 +1,9 @@
+"""`lora-gateway adapters` against an in-memory fake of the admin API."""
+
 from __future__ import annotations
 
 import hashlib
 import json
-import re
 import socket
 from functools import partial
 from pathlib import Path
@@ -12,8 +13,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner, Result
 
-from gateway import admin_cli
-from gateway.cli import app
+from gateway.cli import app, client
 
 Json = dict[str, Any]
 NOW = "2025-01-02T03:04:05+00:00"
@@ -136,7 +136,7 @@ def admin(monkeypatch: pytest.MonkeyPatch) -> FakeAdmin:
     fake.add("french", "french/v1", "c" * 64, state="retired")
     fake.requests.clear()
     transport = httpx.MockTransport(fake.handle)
-    monkeypatch.setattr(admin_cli, "_client", partial(admin_cli._client, transport=transport))
+    monkeypatch.setattr(client, "make_client", partial(client.make_client, transport=transport))
     return fake
 
 
@@ -287,18 +287,6 @@ def test_audit_lists_the_adapters_events_oldest_first(admin: FakeAdmin) -> None:
         ("register", "pirate@2", ""),
         ("retire", "pirate@2", "bad outputs"),
     ]
-
-
-def test_keys_new_prints_a_key_matching_its_sha256() -> None:
-    result = invoke("keys", "new")
-    assert result.exit_code == 0, result.output
-    key = re.search(r"key:\s+(lgw-\S+)", result.stdout)
-    digest = re.search(r"sha256:\s+([0-9a-f]{64})", result.stdout)
-    assert key and digest
-    assert hashlib.sha256(key[1].encode()).hexdigest() == digest[1]
-    assert f"GATEWAY_ADMIN_KEY_SHA256={digest[1]}" in result.stdout
-    tenants = re.search(r"GATEWAY_TENANT_KEYS='(.*)'", result.stdout)
-    assert tenants and json.loads(tenants[1])[0]["key_sha256"] == digest[1]
 
 
 def test_json_flag_prints_the_raw_response(admin: FakeAdmin) -> None:

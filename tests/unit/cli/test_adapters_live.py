@@ -1,4 +1,4 @@
-"""The `adapters` CLI against the real admin API (a gateway on a loopback socket, the fake
+"""`lora-gateway adapters` against the real admin API (a gateway on a loopback socket, the fake
 engine behind it): the contract the CLI was written against is the one the gateway speaks."""
 
 from __future__ import annotations

@@ -1,0 +1,24 @@
+"""`lora-gateway`: prepare the embedded default and run the gateway."""
+
+from __future__ import annotations
+
+import typer
+
+from gateway.cli import serve
+from gateway.cli.adapters import adapters_app
+from gateway.cli.keys import keys_app
+from gateway.cli.rollouts import rollouts_app
+from gateway.cli.routes import routes_app
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+app.command()(serve.prepare)
+app.command()(serve.serve)
+app.add_typer(adapters_app, name="adapters")
+app.add_typer(keys_app, name="keys")
+app.add_typer(routes_app, name="routes")
+app.add_typer(rollouts_app, name="rollouts")
+
+
+def main() -> None:
+    """Console entry point."""
+    app()
