@@ -231,8 +231,9 @@ class AdapterLifecycle:
             self._states[version.engine_name] = VersionState.READY
 
     async def _record_failed(self, version: AdapterVersion, reason: str) -> None:
-        """Mark a version failed; the follower takes it out of the snapshot (this runs inside
-        a replica's residency lock: never a refresh here)."""
+        """Mark a version failed and take it out of the catalogue in memory; the rest of the
+        snapshot follows at the refresh this requests (this runs inside a replica's residency
+        lock: a refresh here would read the database and call out under it)."""
         with contextlib.suppress(Conflict):
             await asyncio.to_thread(
                 self._registry.set_state,
@@ -243,8 +244,6 @@ class AdapterLifecycle:
                 reason=reason,
             )
         self._states[version.engine_name] = VersionState.FAILED
-        # Out of the catalogue at once (in memory: no database read under the lock); the
-        # follower's refresh brings the rest of the snapshot in line.
         self._servable = {k: v for k, v in self._servable.items() if k != version.engine_name}
         self._publish()
         self._changes.request()

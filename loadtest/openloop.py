@@ -221,7 +221,9 @@ def check_once(direct: Target, through: Target) -> None:
     import httpx
 
     with httpx.Client(timeout=5.0) as client:
-        for target in (direct, through):
+        # Through first: a request for an adapter makes the gateway load it into the engine,
+        # which is then what the direct requests name.
+        for target in (through, direct):
             response = client.post(
                 target.url, content=target.body, headers={"content-type": "application/json"}
             )

@@ -29,10 +29,11 @@ from rich.console import Console
 from rich.table import Table
 from starlette.applications import Starlette
 
-from gateway.testing.adapters import TINY_BASE_CONFIG, write_adapter
+from gateway.testing.adapters import write_tiny_tree
 from gateway.testing.fake_vllm import FakeEngineState, create_fake_vllm
 from loadtest.common import (
     BIN_DIR,
+    REPO_ROOT,
     BenchError,
     child_env,
     ensure_port_free,
@@ -130,23 +131,24 @@ def _table(name: str, result: dict[str, Any]) -> Table:
     return table
 
 
-def _gateway_env(fake_url: str, root: Path) -> dict[str, str]:
+def _gateway_env(fake_url: str, root: Path, checkout: Path | None) -> dict[str, str]:
     # A tiny synthetic base and adapter: the fake engine never reads them, but the gateway
     # validates and registers the adapter like any other at its first start.
-    write_adapter(root / "adapters" / ADAPTER / "v1")
-    (root / "model").mkdir()
-    (root / "model" / "config.json").write_text(json.dumps(TINY_BASE_CONFIG))
-    return child_env(
-        {
-            "GATEWAY_UPSTREAM_URLS": json.dumps([fake_url]),
-            "GATEWAY_BASE_MODEL_NAME": BASE_MODEL,
-            "GATEWAY_ENGINE__MODEL_DIR": str(root / "model"),
-            "GATEWAY_ADAPTER_ROOT": str(root / "adapters"),
-            "GATEWAY_CACHE_DIR": str(root / "cache"),
-            "GATEWAY_STATE_DIR": str(root / "state"),
-            "GATEWAY_LOG_LEVEL": "WARNING",
-        }
-    )
+    write_tiny_tree(root, ADAPTER, versions=1)
+    env = child_env()
+    if checkout is not None:
+        # The gateway of another checkout (the same virtualenv): a before/after comparison.
+        env["PYTHONPATH"] = os.pathsep.join([str(checkout.resolve()), env["PYTHONPATH"]])
+    return {
+        **env,
+        "GATEWAY_UPSTREAM_URLS": json.dumps([fake_url]),
+        "GATEWAY_BASE_MODEL_NAME": BASE_MODEL,
+        "GATEWAY_ENGINE__MODEL_DIR": str(root / "model"),
+        "GATEWAY_ADAPTER_ROOT": str(root / "adapters"),
+        "GATEWAY_CACHE_DIR": str(root / "cache"),
+        "GATEWAY_STATE_DIR": str(root / "state"),
+        "GATEWAY_LOG_LEVEL": "WARNING",
+    }
 
 
 @dataclass(frozen=True)
@@ -165,6 +167,7 @@ class Plan:
     gateway_core: int
     client_core: int
     profile: Path | None
+    checkout: Path | None = None
 
 
 def _fake_command(port: int) -> list[str]:
@@ -214,7 +217,7 @@ def run(plan: Plan) -> dict[str, dict[str, Any]]:
         gateway = spawn(
             _gateway_command(plan.gateway_port, plan.profile),
             gateway_log,
-            _gateway_env(fake_url, root),
+            _gateway_env(fake_url, root, plan.checkout),
             {plan.gateway_core},
         )
         # uvicorn re-raises the signal it stopped on; only SIGINT (KeyboardInterrupt) still
@@ -271,6 +274,13 @@ def main(
         Path | None,
         typer.Option(help="Run the gateway under cProfile and write its stats here (slower)."),
     ] = None,
+    checkout: Annotated[
+        Path | None,
+        typer.Option(
+            help="Run the gateway of this checkout (e.g. a `git worktree` of an older commit) "
+            "with this virtualenv, for a before/after comparison."
+        ),
+    ] = None,
 ) -> None:
     """Measure the gateway's added latency (chat and streamed chat) against a fake engine."""
     if rate <= 0 or duration <= 0 or rate * duration > MAX_REQUESTS_PER_TARGET:
@@ -288,6 +298,7 @@ def main(
         gateway_core=gateway_core,
         client_core=client_core,
         profile=profile,
+        checkout=checkout,
     )
     try:
         results, load_before, load_after = run_guarded(lambda: run(plan))
@@ -312,6 +323,7 @@ def main(
             "model": ADAPTER if adapter else BASE_MODEL,
             "gateway_core": gateway_core,
             "client_core": client_core,
+            "checkout": str(checkout.resolve()) if checkout else str(REPO_ROOT),
             "aim_ms": {"p50": AIM_P50_MS, "p99": AIM_P99_MS},
         }
         report = {

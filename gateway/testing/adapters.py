@@ -76,3 +76,12 @@ def copy_adapter(source: Path, target: Path, tag: str) -> Path:
     blob = len(encoded).to_bytes(8, "little") + encoded + raw[8 + size :]
     (target / "adapter_model.safetensors").write_bytes(blob)
     return target
+
+
+def write_tiny_tree(root: Path, name: str, versions: int) -> None:
+    """`root/model/config.json` (the tiny base) and `root/adapters/<name>/v1..vN`, each
+    version with weights of its own (filled with its number)."""
+    (root / "model").mkdir(parents=True, exist_ok=True)
+    (root / "model" / "config.json").write_text(json.dumps(TINY_BASE_CONFIG))
+    for version in range(1, versions + 1):
+        write_adapter(root / "adapters" / name / f"v{version}", fill=float(version))

@@ -8,7 +8,6 @@ served by the other within `FOLLOW_S`.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.testing.adapters import TINY_BASE_CONFIG, write_adapter
+from gateway.testing.adapters import write_tiny_tree
 from gateway.testing.processes import GatewayHandle, Processes, postgres_database
 
 FOLLOW_S = 1.0
@@ -27,10 +26,7 @@ ROUTE = "pirate"
 @pytest.fixture
 def processes(tmp_path: Path) -> Iterator[Processes]:
     """The fake engine and two versions of `pirate` on disk, on a fresh PostgreSQL database."""
-    (tmp_path / "model").mkdir()
-    (tmp_path / "model" / "config.json").write_text(json.dumps(TINY_BASE_CONFIG))
-    for version in (1, 2):
-        write_adapter(tmp_path / "adapters" / ROUTE / f"v{version}", fill=float(version))
+    write_tiny_tree(tmp_path, ROUTE, versions=2)
     env = {"GATEWAY_REGISTRY_POLL_S": "60"}
     with postgres_database("follow") as url, Processes(tmp_path, url, env=env) as running:
         running.start_engine()

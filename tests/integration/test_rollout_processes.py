@@ -17,7 +17,6 @@ registry and the sticky assignment are under test here, not vLLM).
 from __future__ import annotations
 
 import contextlib
-import json
 import random
 import threading
 import time
@@ -28,7 +27,7 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
-from gateway.testing.adapters import TINY_BASE_CONFIG, write_adapter
+from gateway.testing.adapters import write_tiny_tree
 from gateway.testing.processes import GatewayHandle, Processes, postgres_database
 
 T = TypeVar("T")
@@ -61,10 +60,7 @@ def postgres_url() -> Iterator[str]:
 @contextlib.contextmanager
 def _processes(tmp: Path, database_url: str) -> Iterator[Processes]:
     """The fake engine running, the pirate adapter's two versions on disk; all killed after."""
-    (tmp / "model").mkdir()
-    (tmp / "model" / "config.json").write_text(json.dumps(TINY_BASE_CONFIG))
-    for version in (1, 2):
-        write_adapter(tmp / "adapters" / ROUTE / f"v{version}", fill=float(version))
+    write_tiny_tree(tmp, ROUTE, versions=2)
     with Processes(tmp, database_url, env=dict(ENV)) as running:
         running.start_engine()
         yield running
