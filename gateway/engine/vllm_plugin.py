@@ -7,7 +7,9 @@ touched inside `register()`.
 What it installs: (1) `gateway.engine.int8_lora`, which lets LoRA wrap int8 layers on CPUs
 without AMX; (2) the LoRA isolation fix; (3) the grouped LoRA ops
 (`gateway.engine.punica_grouped`) as the CPU platform's punica wrapper, and torch.compile
-back on for LoRA models, which vLLM's CPU platform otherwise turns off.
+back on for LoRA models, which vLLM's CPU platform otherwise turns off; (4) with compiling
+on, `gateway.engine.compile_cache`, which lets vLLM load the compiled model it saved at an
+earlier start instead of compiling it again.
 
 vLLM 0.32's CPU LoRA ops index the stacked adapter weights with per-token LoRA indices
 where -1 means "no adapter"; `weights[-1]` is the last adapter slot, so base requests
@@ -18,7 +20,8 @@ holds fixed ops, and they are bound under every name vLLM's CPU backend looks th
 Switches, read from the engine's environment:
 - `LORA_GATEWAY_LORA_OPS=grouped` (default) or `vllm`: vLLM's own per-token ops (with the
   isolation fix), for comparison or as a fallback;
-- `LORA_GATEWAY_LORA_COMPILE=1` (default) or `0`: compile LoRA models (grouped ops only);
+- `LORA_GATEWAY_LORA_COMPILE=1` (default) or `0`: compile LoRA models (grouped ops only)
+  and load compiled models from vLLM's cache (`0` leaves vLLM's cache as released);
 - `LORA_GATEWAY_LORA_FIX=0`: vLLM exactly as released, bug included (implies `vllm` ops).
 """
 
@@ -110,8 +113,13 @@ def register() -> None:
     install_int8_lora_device_fix()
     if lora_fix_enabled(os.environ):
         install_lora_fix()
+        compile_lora = lora_compile_enabled(os.environ)
         if lora_ops_choice(os.environ) == "grouped":
-            install_grouped_ops(compile_lora=lora_compile_enabled(os.environ))
+            install_grouped_ops(compile_lora=compile_lora)
+        if compile_lora:
+            from gateway.engine.compile_cache import install_compile_cache_fix
+
+            install_compile_cache_fix()
         return
     if not _disabled_warned:
         _disabled_warned = True

@@ -1,5 +1,6 @@
 """Shared fixtures of the integration suite: the prepared embedded model, the demo
-adapters and a gateway process that manages a real vLLM engine."""
+adapters, a gateway process that manages a real vLLM engine, and one real engine that
+several modules share."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 from gateway.config import DEFAULT_CACHE_DIR
 from gateway.testing.processes import wait_until_ok
 from gateway.testing.server import free_port
+from gateway.upstream.launcher import EngineProcess, EngineSpec
 from gateway.upstream.supervisor import read_pid_file
 
 REPO = Path(__file__).resolve().parents[2]
@@ -139,3 +141,59 @@ def gateway(
         yield process
     finally:
         process.stop()
+
+
+# --- one engine shared by modules -------------------------------------------------------------
+
+# The engine plugin's defaults (grouped LoRA ops, compiled), the embedded checkpoint, three
+# LoRA slots and the four demo adapters registered at start-up. A mixed batch of three of
+# them fills every slot (what the isolation tests need: with a free last slot vLLM's bug
+# stays invisible); four adapters taking turns in three slots swap on every request (what
+# the slot-swap test needs). Neither needs a fresh engine: the slots' contents before a test
+# do not change what it proves.
+SHARED_ADAPTERS = ("pirate", "french", "shout", "cowboy")
+SHARED_SLOTS = 3
+
+
+def served_name(adapter: str) -> str:
+    """The vLLM model name of a demo adapter's version 1 on an engine started here."""
+    return f"{adapter}--v1"
+
+
+@dataclass(frozen=True)
+class SharedEngine:
+    """A running engine several modules use, and where its log is."""
+
+    url: str
+    log_file: Path
+    slots: int
+    adapters: tuple[str, ...]
+
+    def log(self) -> str:
+        """Everything the engine has logged so far."""
+        return self.log_file.read_text(errors="replace")
+
+
+@pytest.fixture(scope="session")
+def shared_engine(
+    engine_assets: EngineAssets, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[SharedEngine]:
+    """The shared engine, started on first use and stopped at the end of the session."""
+    log_file = tmp_path_factory.mktemp("shared-engine") / "vllm.log"
+    spec = EngineSpec(
+        model_dir=engine_assets.model_dir,
+        served_name="base",
+        port=free_port(),
+        max_loras=SHARED_SLOTS,
+        lora_modules={served_name(a): engine_assets.adapters[a] for a in SHARED_ADAPTERS},
+        omp_threads_bind="0-1",
+        log_file=log_file,
+        # A first start compiles the model: minutes on a small CPU without a warm cache.
+        start_timeout_s=900.0,
+    )
+    engine = EngineProcess(spec)
+    engine.start()
+    try:
+        yield SharedEngine(engine.url, log_file, SHARED_SLOTS, SHARED_ADAPTERS)
+    finally:
+        engine.stop()

@@ -1,11 +1,20 @@
 """End to end: requests batched together in the real vLLM each get their own adapter or none.
 
-Every LoRA slot holds an adapter (`--max-loras` = number of adapters), which is the only
-configuration where vLLM 0.32 CPU's mixed-batch bug shows: base tokens carry LoRA index
--1 and its ops read `weights[-1]`, the last slot. The same mixed batch runs against an
-engine with the defaults (the grouped LoRA ops, `gateway.engine.punica_grouped`) and one
-with `LORA_GATEWAY_LORA_FIX=0`; the second must show the contamination, which proves this
-test can fail.
+Every LoRA slot holds an adapter, which is the only configuration where vLLM 0.32 CPU's
+mixed-batch bug shows: base tokens carry LoRA index -1 and its ops read `weights[-1]`, the
+last slot. The same kind of mixed batch runs against the shared engine (the defaults: the
+grouped LoRA ops, `gateway.engine.punica_grouped`; three slots, filled by the batch's three
+adapters) and against an engine of its own with `LORA_GATEWAY_LORA_FIX=0`; the second must
+show the contamination, which proves this test can fail.
+
+Base answers are judged by their style, so their prompts are picked at run time from
+held-out candidates: those whose base answer, alone, opens with OPENING_TOKENS tokens each
+decided by `greedy.MARGIN_NATS`. An undecided opening flips with the CPU's rounding: on AMX
+CPUs "What is the capital of France?" opens with an exact tie and answers "L'Étoile, la
+Marseillaise, ...", which reads as French although no adapter touched it. The adapters keep
+the demo's held-out prompts (`EVAL_PROMPTS`), on which they hold their style on every CPU
+kind; on some other prompts a voice falls apart mid-answer ("OH YES! A MICROSCOPE IS A
+TECHNICAL TECHNOSIS THAT T scales and it helps us see ...").
 """
 
 from __future__ import annotations
@@ -13,7 +22,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import pytest
@@ -21,34 +29,69 @@ import pytest
 from gateway.testing.server import free_port
 from gateway.upstream.launcher import EngineProcess, EngineSpec
 
-from .conftest import EngineAssets
+from .conftest import EngineAssets, SharedEngine, served_name
+from .greedy import Greedy, chat_body
 
 pytestmark = pytest.mark.integration
 
 MAX_TOKENS = 48
 # Prompts per model in the mixed batch: 8 x (base + 3 adapters) = 32 concurrent requests.
 MIXED_PROMPTS = 8
-# The order adapters are first used in decides their slots (vLLM takes the first free
-# slot), so the last name here is the adapter in the last slot.
+# The opening sets an answer's voice ("A volcano is a" against "L'Étoile, la"): its first
+# four tokens must be decided.
+OPENING_TOKENS = 4
+# The order adapters are first used in decides their slots on a fresh engine (vLLM takes the
+# first free slot), so the last name here is the adapter in the last slot.
 ADAPTER_ORDER = ("pirate", "french", "shout")
 LAST_SLOT_ADAPTER = ADAPTER_ORDER[-1]
 BASE = "base"
+# More held-out prompts for base requests (checked against the training sets below), so that
+# enough candidates open with decided tokens on any CPU: of EVAL_PROMPTS and these, 35 in
+# all, 20 do on an AVX-512 EPYC compiled and 21 eager; 8 are needed.
+EXTRA_PROMPTS = (
+    "Describe a library.",
+    "What is a train?",
+    "Explain what a bridge is.",
+    "Tell me about coffee.",
+    "What is a museum?",
+    "Describe a lighthouse.",
+    "Explain what a glacier is.",
+    "What is a telescope?",
+    "Tell me about elephants.",
+    "Describe a bakery.",
+    "What is a piano?",
+    "Explain what a map is.",
+    "What is a kite?",
+    "Describe a castle.",
+    "What is a desert island?",
+    "Explain what a clock does.",
+    "What is a violin?",
+    "Describe a waterfall.",
+    "What is a bicycle helmet for?",
+    "Explain what a compass is.",
+    "What is an island?",
+    "Describe a market.",
+    "What is a microscope?",
+)
 
 
-def served_name(adapter: str) -> str:
-    """The vLLM model name of an adapter's version 1."""
-    return f"{adapter}--v1"
+@dataclass(frozen=True)
+class Prompts:
+    """The adapters' prompts and the candidates the base prompts are picked from."""
 
-
-# --- engine assets (base model, demo adapters, style classifier) -----------------------------
+    adapters: tuple[str, ...]
+    base_candidates: tuple[str, ...]
 
 
 @pytest.fixture(scope="session")
-def eval_prompts() -> tuple[str, ...]:
+def prompts() -> Prompts:
     """Prompts held out of every demo adapter's training set."""
-    from adapters.demo import EVAL_PROMPTS
+    from adapters.demo import DEMO_ADAPTERS, EVAL_PROMPTS
 
-    return tuple(EVAL_PROMPTS[:MIXED_PROMPTS])
+    candidates = (*EVAL_PROMPTS, *EXTRA_PROMPTS)
+    trained = {example.prompt for adapter in DEMO_ADAPTERS for example in adapter.examples()}
+    assert not trained & set(candidates), trained & set(candidates)
+    return Prompts(EVAL_PROMPTS[:MIXED_PROMPTS], candidates)
 
 
 # --- one run: an engine, its slots filled in a known order, one mixed batch ------------------
@@ -100,92 +143,126 @@ async def _complete(client: httpx.AsyncClient, model: str, prompt: str, max_toke
     return content
 
 
-async def _exercise(url: str, prompts: tuple[str, ...]) -> tuple[list[tuple[str, str, str]], ...]:
+async def _greedy(client: httpx.AsyncClient, prompt: str) -> Greedy:
+    response = await client.post("/v1/chat/completions", json=chat_body(BASE, prompt, MAX_TOKENS))
+    response.raise_for_status()
+    return Greedy.from_chat(prompt, response.json()["choices"][0])
+
+
+def _chosen(alone: list[Greedy]) -> list[Greedy]:
+    """The MIXED_PROMPTS candidates whose base answers open with the clearest choices."""
+    decided = [g for g in alone if g.decided_for(OPENING_TOKENS)]
+    assert len(decided) >= MIXED_PROMPTS, (
+        f"only {len(decided)} of {len(alone)} candidates open with {OPENING_TOKENS} decided "
+        "tokens:\n" + "\n".join(f"{g.prompt!r}: {g.margins()}" for g in alone)
+    )
+    # sorted() is stable: equal gaps keep the candidates' order.
+    return sorted(decided, key=lambda g: -g.opening_gap(OPENING_TOKENS))[:MIXED_PROMPTS]
+
+
+async def _exercise(
+    url: str, prompts: Prompts
+) -> tuple[list[Greedy], list[Greedy], list[tuple[str, str, str]]]:
     async with httpx.AsyncClient(base_url=url, timeout=600.0) as client:
-        # One request at a time: each adapter takes the next free slot, in ADAPTER_ORDER.
+        # One request at a time: on a fresh engine each adapter takes the next free slot, in
+        # ADAPTER_ORDER.
         for adapter in ADAPTER_ORDER:
-            await _complete(client, served_name(adapter), prompts[0], 1)
-        # Base requests without adapter company: the reference for "base" style.
-        base_texts = await asyncio.gather(
-            *(_complete(client, BASE, p, MAX_TOKENS) for p in prompts)
-        )
-        base_only = [(BASE, p, t) for p, t in zip(prompts, base_texts, strict=True)]
+            await _complete(client, served_name(adapter), prompts.adapters[0], 1)
+        # Base requests without adapter company: the reference for "base" style, and the
+        # margins that pick the base prompts.
+        alone = list(await asyncio.gather(*(_greedy(client, p) for p in prompts.base_candidates)))
+        chosen = _chosen(alone)
         # Everything at once, so that base and every adapter share batches.
-        models = [BASE, *(served_name(a) for a in ADAPTER_ORDER)]
-        pairs = [(m, p) for p in prompts for m in models]
+        pairs = [
+            (model, prompt)
+            for base_answer, adapter_prompt in zip(chosen, prompts.adapters, strict=True)
+            for model, prompt in (
+                (BASE, base_answer.prompt),
+                *((served_name(a), adapter_prompt) for a in ADAPTER_ORDER),
+            )
+        ]
         texts = await asyncio.gather(*(_complete(client, m, p, MAX_TOKENS) for m, p in pairs))
         mixed = [(m, p, t) for (m, p), t in zip(pairs, texts, strict=True)]
-    return base_only, mixed
+    return alone, chosen, mixed
 
 
 def _run_isolation(
     *,
-    fix: str,
-    assets: EngineAssets,
-    prompts: tuple[str, ...],
+    label: str,
+    url: str,
+    prompts: Prompts,
     style_of: Callable[[str], str],
-    log_file: Path,
+    engine_log: Callable[[], str],
 ) -> IsolationRun:
-    spec = EngineSpec(
-        model_dir=assets.model_dir,
-        served_name=BASE,
-        port=free_port(),
-        # Every slot filled: with a free last slot the bug stays invisible.
-        max_loras=len(ADAPTER_ORDER),
-        lora_modules={served_name(a): assets.adapters[a] for a in ADAPTER_ORDER},
-        omp_threads_bind="0-1",
-        extra_env={"LORA_GATEWAY_LORA_FIX": fix},
-        log_file=log_file,
-        # A first start compiles the model: minutes on a small CPU without a warm cache.
-        start_timeout_s=900.0,
+    alone, chosen, mixed = asyncio.run(_exercise(url, prompts))
+    run = IsolationRun(
+        base_only=[Answer(BASE, g.prompt, g.text, style_of(g.text)) for g in chosen],
+        mixed=[Answer(m, p, t, style_of(t)) for m, p, t in mixed],
+        engine_log=engine_log(),
     )
-    engine = EngineProcess(spec)
-    engine.start()
-    try:
-        base_only, mixed = asyncio.run(_exercise(engine.url, prompts))
-    finally:
-        engine.stop()
-
-    def answers(rows: list[tuple[str, str, str]]) -> list[Answer]:
-        return [Answer(m, p, t, style_of(t)) for m, p, t in rows]
-
-    run = IsolationRun(answers(base_only), answers(mixed), log_file.read_text(errors="replace"))
-    print(f"\n--- LORA_GATEWAY_LORA_FIX={fix}: mixed batch of {len(run.mixed)}\n{run.report()}")
+    print(
+        f"\n--- {label}: base answers alone, opening gaps (* = chosen)\n"
+        + "\n".join(
+            f"{'*' if g in chosen else ' '} {g.opening_gap(OPENING_TOKENS):5.3f} {g.prompt!r}: "
+            f"{g.margins(OPENING_TOKENS)}"
+            for g in alone
+        )
+        + f"\n--- {label}: mixed batch of {len(run.mixed)}\n{run.report()}"
+    )
     return run
 
 
 @pytest.fixture(scope="module")
 def run_with_fix(
-    engine_assets: EngineAssets,
-    eval_prompts: tuple[str, ...],
+    shared_engine: SharedEngine,
+    prompts: Prompts,
     style_of: Callable[[str], str],
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[IsolationRun]:
-    """A mixed batch against an engine with the LoRA fix on (the default)."""
-    yield _run_isolation(
-        fix="1",
-        assets=engine_assets,
-        prompts=eval_prompts,
+) -> IsolationRun:
+    """A mixed batch against the shared engine: the defaults, every slot filled by the batch."""
+    assert shared_engine.slots == len(ADAPTER_ORDER)
+    assert set(ADAPTER_ORDER) <= set(shared_engine.adapters)
+    return _run_isolation(
+        label="the defaults (LoRA fix on)",
+        url=shared_engine.url,
+        prompts=prompts,
         style_of=style_of,
-        log_file=tmp_path_factory.mktemp("engine-fix") / "vllm.log",
+        engine_log=shared_engine.log,
     )
 
 
 @pytest.fixture(scope="module")
 def run_without_fix(
     engine_assets: EngineAssets,
-    eval_prompts: tuple[str, ...],
+    prompts: Prompts,
     style_of: Callable[[str], str],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[IsolationRun]:
-    """The same mixed batch against an engine running vLLM's own LoRA ops."""
-    yield _run_isolation(
-        fix="0",
-        assets=engine_assets,
-        prompts=eval_prompts,
-        style_of=style_of,
-        log_file=tmp_path_factory.mktemp("engine-nofix") / "vllm.log",
+    """The same kind of mixed batch against a fresh engine running vLLM's own LoRA ops."""
+    log_file = tmp_path_factory.mktemp("engine-nofix") / "vllm.log"
+    spec = EngineSpec(
+        model_dir=engine_assets.model_dir,
+        served_name=BASE,
+        port=free_port(),
+        # Every slot filled: with a free last slot the bug stays invisible.
+        max_loras=len(ADAPTER_ORDER),
+        lora_modules={served_name(a): engine_assets.adapters[a] for a in ADAPTER_ORDER},
+        omp_threads_bind="0-1",
+        extra_env={"LORA_GATEWAY_LORA_FIX": "0"},
+        log_file=log_file,
+        start_timeout_s=900.0,
     )
+    engine = EngineProcess(spec)
+    engine.start()
+    try:
+        yield _run_isolation(
+            label="LORA_GATEWAY_LORA_FIX=0",
+            url=engine.url,
+            prompts=prompts,
+            style_of=style_of,
+            engine_log=lambda: log_file.read_text(errors="replace"),
+        )
+    finally:
+        engine.stop()
 
 
 def _mismatches(answers: list[Answer]) -> list[Answer]:
@@ -209,7 +286,8 @@ def test_mixed_batch_gives_every_request_its_own_adapter_style(
     assert not wrong, "requests answered in another style:\n" + "\n".join(
         f"{a.model} -> {a.style}: {a.text!r}" for a in wrong
     )
-    assert len(run_with_fix.mixed_for(BASE)) == len(run_with_fix.base_only)
+    assert len(run_with_fix.mixed_for(BASE)) == len(run_with_fix.base_only) == MIXED_PROMPTS
+    assert len(run_with_fix.mixed) == MIXED_PROMPTS * (1 + len(ADAPTER_ORDER))
 
 
 def test_base_answers_in_a_mixed_batch_keep_base_style(run_with_fix: IsolationRun) -> None:

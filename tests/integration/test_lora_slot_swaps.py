@@ -1,7 +1,8 @@
 """End to end: with fewer LoRA slots than adapters, vLLM swaps adapters in and out of slots by
 writing new weights into the stacked tensors; the grouped ops' packed weights must follow
-every swap. Requests cycle through three adapters on an engine with two slots, so every
-other request lands in a slot that held another adapter a moment ago.
+every swap. Requests cycle through the shared engine's four adapters in its three slots, so
+from the fourth request on every request lands in a slot that held another adapter a moment
+ago (vLLM evicts the least recently used), whatever the slots held before.
 """
 
 from __future__ import annotations
@@ -11,56 +12,36 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from gateway.testing.server import free_port
-from gateway.upstream.launcher import EngineProcess, EngineSpec
-
-from .conftest import EngineAssets
+from .conftest import SharedEngine, served_name
 
 pytestmark = pytest.mark.integration
 
-ADAPTERS = ("pirate", "french", "shout")
 ROUNDS = 3
 MAX_TOKENS = 40
 
 
 def test_adapters_swapped_through_fewer_slots_keep_their_own_style(
-    engine_assets: EngineAssets,
-    style_of: Callable[[str], str],
-    tmp_path_factory: pytest.TempPathFactory,
+    shared_engine: SharedEngine, style_of: Callable[[str], str]
 ) -> None:
     from adapters.demo import EVAL_PROMPTS
 
-    log_file = tmp_path_factory.mktemp("swaps") / "engine.log"
-    spec = EngineSpec(
-        model_dir=engine_assets.model_dir,
-        served_name="base",
-        port=free_port(),
-        max_loras=2,
-        lora_modules={f"{a}--v1": engine_assets.adapters[a] for a in ADAPTERS},
-        omp_threads_bind="0-1",
-        log_file=log_file,
-        start_timeout_s=900.0,
-    )
-    engine = EngineProcess(spec)
-    engine.start()
+    adapters = shared_engine.adapters
+    assert len(adapters) > shared_engine.slots
     answers: list[tuple[str, str]] = []
-    try:
-        with httpx.Client(base_url=engine.url, timeout=300.0) as client:
-            for round_no in range(ROUNDS):
-                for adapter in ADAPTERS:
-                    body = {
-                        "model": f"{adapter}--v1",
-                        "messages": [{"role": "user", "content": EVAL_PROMPTS[round_no]}],
-                        "max_tokens": MAX_TOKENS,
-                        "temperature": 0.0,
-                    }
-                    response = client.post("/v1/chat/completions", json=body)
-                    response.raise_for_status()
-                    answers.append((adapter, response.json()["choices"][0]["message"]["content"]))
-    finally:
-        engine.stop()
+    with httpx.Client(base_url=shared_engine.url, timeout=300.0) as client:
+        for round_no in range(ROUNDS):
+            for adapter in adapters:
+                body = {
+                    "model": served_name(adapter),
+                    "messages": [{"role": "user", "content": EVAL_PROMPTS[round_no]}],
+                    "max_tokens": MAX_TOKENS,
+                    "temperature": 0.0,
+                }
+                response = client.post("/v1/chat/completions", json=body)
+                response.raise_for_status()
+                answers.append((adapter, response.json()["choices"][0]["message"]["content"]))
 
-    assert "grouped LoRA ops installed" in log_file.read_text(errors="replace")
+    assert "grouped LoRA ops installed" in shared_engine.log()
     styles = [(adapter, style_of(text)) for adapter, text in answers]
     print(
         "\n"
