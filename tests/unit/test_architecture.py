@@ -1,4 +1,7 @@
-"""The dependency rules of docs/architecture.md, read off the source: imports point one way."""
+"""The dependency rules of docs/architecture.md, read off the source: imports point one way.
+
+(The engine package's own rule, no import cycle, is in tests/unit/engine/test_import_cycles.py.)
+"""
 
 from __future__ import annotations
 
@@ -103,23 +106,3 @@ def test_every_dependency_provider_lives_in_deps() -> None:
 def test_the_top_level_holds_the_factory_settings_errors_metrics_catalogue_and_lifecycle() -> None:
     modules = {p.name for p in GATEWAY.glob("*.py")}
     assert modules == TOP_LEVEL_MODULES
-
-
-def test_the_engine_package_has_no_import_cycle() -> None:
-    graph = {
-        module: {n for n in names if n.startswith("gateway.engine.") and n in _engine_modules()}
-        for module, names in modules_under("engine").items()
-    }
-
-    def reaches(start: str, goal: str, seen: set[str]) -> bool:
-        for nxt in graph.get(start, ()):
-            if nxt == goal or (nxt not in seen and reaches(nxt, goal, seen | {nxt})):
-                return True
-        return False
-
-    cycles = [module for module in graph if reaches(module, module, {module})]
-    assert cycles == []
-
-
-def _engine_modules() -> set[str]:
-    return set(modules_under("engine"))
