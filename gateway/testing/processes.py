@@ -20,6 +20,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import httpx
 from sqlalchemy import create_engine, text
@@ -69,6 +70,13 @@ def wait_until_ok(
                 return
         time.sleep(interval_s)
     raise TimeoutError(f"{what} not ready after {timeout_s}s")
+
+
+def answer_of(response: httpx.Response) -> dict[str, Any]:
+    """The JSON object of a 200 or 201 answer (anything else fails, showing the answer)."""
+    assert response.status_code in (200, 201), (response.status_code, response.text)
+    body: dict[str, Any] = response.json()
+    return body
 
 
 @dataclass

@@ -11,13 +11,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
 from gateway.testing.adapters import write_tiny_tree
-from gateway.testing.processes import GatewayHandle, Processes, postgres_database
+from gateway.testing.processes import GatewayHandle, Processes, answer_of, postgres_database
 
 FOLLOW_S = 1.0
 ROUTE = "pirate"
@@ -33,19 +32,13 @@ def processes(tmp_path: Path) -> Iterator[Processes]:
         yield running
 
 
-def _ok(response: httpx.Response) -> dict[str, Any]:
-    assert response.status_code in (200, 201), (response.status_code, response.text)
-    body: dict[str, Any] = response.json()
-    return body
-
-
 def _models(gateway: GatewayHandle) -> set[str]:
-    data = _ok(httpx.get(f"{gateway.url}/v1/models", timeout=10))["data"]
+    data = answer_of(httpx.get(f"{gateway.url}/v1/models", timeout=10))["data"]
     return {m["id"] for m in data}
 
 
 def _listening(gateway: GatewayHandle) -> bool:
-    registry = _ok(httpx.get(f"{gateway.url}/readyz", timeout=10))["registry"]
+    registry = answer_of(httpx.get(f"{gateway.url}/readyz", timeout=10))["registry"]
     return registry == {"changes": "notify", "listening": True, "poll_s": 60.0}
 
 
@@ -79,19 +72,21 @@ def test_a_change_on_one_process_is_served_by_the_other_within_a_second(
 
     for version in (1, 2):
         body = {"name": ROUTE, "path": f"{ROUTE}/v{version}"}
-        _ok(httpx.post(f"{a.url}/admin/adapters", json=body, timeout=30))
+        answer_of(httpx.post(f"{a.url}/admin/adapters", json=body, timeout=30))
         ref = f"{ROUTE}@{version}"
         _seconds_until(lambda r=ref: r in _models(b), f"the registration of {ref}")
 
     plan = {"shadow": {"sample_rate": 0.0}, "canary": [{"weight": 100}]}
     body = {"route": ROUTE, "version": 2, "plan": plan}
-    _ok(httpx.post(f"{a.url}/admin/rollouts", json=body, timeout=60))
-    _ok(httpx.post(f"{a.url}/admin/rollouts/{ROUTE}/advance", timeout=30))
+    answer_of(httpx.post(f"{a.url}/admin/rollouts", json=body, timeout=60))
+    answer_of(httpx.post(f"{a.url}/admin/rollouts/{ROUTE}/advance", timeout=30))
     # The other process warms the candidate up itself before it sends anyone there.
     _seconds_until(lambda: _served(b) == f"{ROUTE}@2", "the canary at 100%", within_s=10)
 
-    _ok(httpx.post(f"{a.url}/admin/rollouts/{ROUTE}/rollback", json={"reason": "bad"}))
+    answer_of(httpx.post(f"{a.url}/admin/rollouts/{ROUTE}/rollback", json={"reason": "bad"}))
     _seconds_until(lambda: _served(b) == f"{ROUTE}@1", "the rollback")
 
-    _ok(httpx.post(f"{a.url}/admin/adapters/{ROUTE}/versions/2/retire", json={"reason": "bad"}))
+    answer_of(
+        httpx.post(f"{a.url}/admin/adapters/{ROUTE}/versions/2/retire", json={"reason": "bad"})
+    )
     _seconds_until(lambda: f"{ROUTE}@2" not in _models(b), "the retirement")

@@ -28,7 +28,7 @@ import httpx
 import pytest
 
 from gateway.testing.adapters import write_tiny_tree
-from gateway.testing.processes import GatewayHandle, Processes, postgres_database
+from gateway.testing.processes import GatewayHandle, Processes, answer_of, postgres_database
 
 T = TypeVar("T")
 ROUTE = "pirate"
@@ -69,17 +69,11 @@ def _processes(tmp: Path, database_url: str) -> Iterator[Processes]:
 # -- the admin API -------------------------------------------------------------------------
 
 
-def _ok(response: httpx.Response) -> dict[str, Any]:
-    assert response.status_code in (200, 201), (response.status_code, response.text)
-    body: dict[str, Any] = response.json()
-    return body
-
-
 def _register_versions(url: str) -> None:
     """pirate@1 (the stable version: registered first) and pirate@2."""
     for version in (1, 2):
         body = {"name": ROUTE, "path": f"{ROUTE}/v{version}", "reason": "rollout test"}
-        row = _ok(httpx.post(f"{url}/admin/adapters", json=body, timeout=30))
+        row = answer_of(httpx.post(f"{url}/admin/adapters", json=body, timeout=30))
         assert row["version"] == version
 
 
@@ -87,22 +81,22 @@ def _start(url: str, plan: dict[str, Any] | None = None) -> dict[str, Any]:
     body: dict[str, Any] = {"route": ROUTE, "version": 2, "reason": "rollout test"}
     if plan is not None:
         body["plan"] = plan
-    return _ok(httpx.post(f"{url}/admin/rollouts", json=body, timeout=60))
+    return answer_of(httpx.post(f"{url}/admin/rollouts", json=body, timeout=60))
 
 
 def _command(url: str, command: str, *, force: bool = False) -> dict[str, Any]:
     body = {"reason": f"test {command}", "force": force}
-    return _ok(httpx.post(f"{url}/admin/rollouts/{ROUTE}/{command}", json=body, timeout=30))
+    return answer_of(httpx.post(f"{url}/admin/rollouts/{ROUTE}/{command}", json=body, timeout=30))
 
 
 def _status(url: str) -> dict[str, Any]:
-    return _ok(httpx.get(f"{url}/admin/rollouts/{ROUTE}", timeout=10))
+    return answer_of(httpx.get(f"{url}/admin/rollouts/{ROUTE}", timeout=10))
 
 
 def _rollout_events(url: str) -> list[dict[str, Any]]:
     """The route's `rollout:*` audit events, oldest first."""
     params: dict[str, str | int] = {"adapter": ROUTE, "limit": 1000}
-    events = _ok(httpx.get(f"{url}/admin/audit", params=params, timeout=10))["data"]
+    events = answer_of(httpx.get(f"{url}/admin/audit", params=params, timeout=10))["data"]
     return [e for e in events if e["action"].startswith("rollout:")]
 
 
@@ -147,7 +141,7 @@ def _at_weight(gateway: GatewayHandle, weight: float, subjects: list[str]) -> li
         response = httpx.post(url, json=body, timeout=30)
         if response.status_code == 404:
             return None  # this process has not read the rollout from the registry yet
-        answer = _ok(response)
+        answer = answer_of(response)
         variants: list[str] = answer["variants"]
         return variants if answer["weight"] == weight else None
 

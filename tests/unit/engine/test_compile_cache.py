@@ -199,18 +199,8 @@ def test_torchs_own_finalize_is_kept(pristine: None, monkeypatch: pytest.MonkeyP
 
 
 @pytest.fixture
-def plugin_state(pristine: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """The plugin's switches unset; every patch register() makes is taken out after."""
-    grouped = vllm_plugin.grouped_ops_installed()
-    fixed = vllm_plugin.lora_fix_installed()
-    for name in (vllm_plugin.LORA_OPS_ENV, vllm_plugin.LORA_COMPILE_ENV, vllm_plugin.LORA_FIX_ENV):
-        monkeypatch.delenv(name, raising=False)
-    yield
-    vllm_plugin.uninstall_grouped_ops()
-    if grouped:
-        vllm_plugin.install_grouped_ops(compile_lora=True)
-    if not fixed:
-        vllm_plugin.uninstall_lora_fix()
+def plugin_state(pristine: None, pristine_platform: None) -> None:
+    """The plugin's switches unset and vLLM's platform as released; both put back after."""
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -17,22 +16,6 @@ from vllm.utils.import_utils import resolve_obj_by_qualname
 from gateway.engine import punica_grouped, vllm_plugin
 
 VLLM_WRAPPER = "vllm.lora.punica_wrapper.punica_cpu.PunicaWrapperCPU"
-
-
-@pytest.fixture
-def pristine_platform(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """vLLM's CPU platform as released for the test, put back as it was after."""
-    was_installed = vllm_plugin.grouped_ops_installed()
-    fix_was_installed = vllm_plugin.lora_fix_installed()
-    vllm_plugin.uninstall_grouped_ops()
-    for name in (vllm_plugin.LORA_OPS_ENV, vllm_plugin.LORA_COMPILE_ENV, vllm_plugin.LORA_FIX_ENV):
-        monkeypatch.delenv(name, raising=False)
-    yield
-    vllm_plugin.uninstall_grouped_ops()
-    if was_installed:
-        vllm_plugin.install_grouped_ops(compile_lora=True)
-    if not fix_was_installed:
-        vllm_plugin.uninstall_lora_fix()
 
 
 def _config(*, lora: bool, mode: CompilationMode) -> Any:
