@@ -93,8 +93,11 @@ class ChangeFeed:
                 return
 
     async def start(self, *refreshes: Refresh) -> None:
-        """Run `refreshes` in this order after every change (and LISTEN on PostgreSQL)."""
-        self._seen = await asyncio.to_thread(self.counter)
+        """Run `refreshes` in this order after every change (and LISTEN on PostgreSQL).
+
+        The first look always refreshes: a change made between the parts' own start-up reads
+        and this call is not missed."""
+        self._seen = -1
         if self.pushes:
             self._listener = asyncio.create_task(self._listen(), name="registry-listen")
         self._follower = asyncio.create_task(self._follow(refreshes), name="registry-follow")

@@ -192,13 +192,10 @@ class UpstreamPool:
         for replica in self.replicas:
             replica.residency.set_pins(pins)
 
-    def pin(self, adapter: str, pinned: bool = True) -> None:
-        """Pin (or unpin) one version on every replica now, before the snapshot says so."""
+    def pin(self, adapter: str) -> None:
+        """Pin one version on every replica now, before the snapshot says so."""
         for replica in self.replicas:
-            if pinned:
-                replica.residency.pin(adapter)
-            else:
-                replica.residency.unpin(adapter)
+            replica.residency.pin(adapter)
 
     async def sweep(self) -> None:
         """Unload versions that are no longer servable (retired, failed or deleted); one

@@ -127,3 +127,37 @@ def test_capacity_must_be_positive() -> None:
     engine = FakeEngine()
     with pytest.raises(ValueError):
         Residency(0, engine.load, engine.unload)
+
+
+async def test_a_retired_version_in_use_is_unloaded_when_its_last_request_is_done() -> None:
+    residency, engine = _residency()
+    await residency.acquire("a--v1")
+    await residency.acquire("a--v1")
+    await residency.ensure("b--v1")
+
+    assert await residency.retire("b--v1") is True
+    assert await residency.retire("a--v1") is False
+    residency.release("a--v1")
+    await asyncio.sleep(0)
+    kept_while_one_request_runs = "a--v1" in residency.resident
+    residency.release("a--v1")
+    for _ in range(10):
+        await asyncio.sleep(0)
+
+    assert kept_while_one_request_runs
+    assert residency.resident == []
+    assert engine.calls == ["load a--v1", "load b--v1", "unload b--v1", "unload a--v1"]
+
+
+async def test_a_retired_version_wanted_again_before_its_requests_end_is_kept() -> None:
+    residency, engine = _residency()
+    await residency.acquire("a--v1")
+    assert await residency.retire("a--v1") is False
+
+    await residency.ensure("a--v1")
+    residency.release("a--v1")
+    for _ in range(10):
+        await asyncio.sleep(0)
+
+    assert residency.resident == ["a--v1"]
+    assert "unload a--v1" not in engine.calls
