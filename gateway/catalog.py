@@ -26,7 +26,7 @@ ADAPTER_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 _VERSION_DIR = re.compile(r"^v([1-9][0-9]{0,8})$")
 BASE_LABEL = "base"
 # Adapter names may not contain `--`, so `name--vN` splits back into one name and version.
-_ENGINE_NAME = re.compile(r"^([a-z0-9][a-z0-9_.-]{0,62})--v([1-9][0-9]*)$")
+_ENGINE_NAME = re.compile(rf"^({ADAPTER_NAME.pattern[1:-1]})--v([1-9][0-9]*)$")
 
 
 def engine_name(name: str, version: int) -> str:
