@@ -1,11 +1,14 @@
 """Classification latency and throughput of `model: "auto"` (no engine, no HTTP).
 
 Pins the process to one core, loads the embedder with one thread and the demo route table,
-and classifies the prompts of the demo labelled set (real prompts, 3 to 40 words):
-1. batch 1, one request at a time: the whole decision (rules, embedding, scoring), directly
-   and through the gateway's batcher (a thread hop per request, as the gateway does it);
-   also the requests no rule decided alone, and those by token count (the cost grows with
-   the text);
+and classifies the prompts of the demo test set (`heldout.jsonl`: 3 to 80 words, chats
+among them):
+1. batch 1, one request at a time: the whole decision (rules, embedding, the head's
+   scores, the conversation for follow-ups: `classifier.classify`, as the gateway runs it),
+   directly and through the gateway's batcher (a thread hop per request, as the gateway does
+   it); also the requests no rule decided alone, and those by token count (the cost grows
+   with the text). Earlier turns of a chat are embedded once and then remembered, as the
+   gateway remembers recent texts;
 2. under concurrency: `c` callers at once through the batcher; throughput, latency and
    the mean batch size;
 3. `--compare-packaged`: the same batch-1 run on the packaged export as shipped (float
@@ -31,11 +34,12 @@ from rich.table import Table
 from gateway.config import DEFAULT_CACHE_DIR
 from gateway.metrics import Metrics
 from gateway.routing.batcher import EmbeddingBatcher
-from gateway.routing.calibrate import load_samples
-from gateway.routing.classifier import Decision, RouteIndex
+from gateway.routing.calibrate import Sample, load_samples
+from gateway.routing.classifier import RouteIndex, VectorsOf, classify
+from gateway.routing.conversation import Conversation
 from gateway.routing.embedder import Embedder, OnnxEmbedder, Vectors, load_embedder, packaged_files
-from gateway.routing.table import demo_eval_path, parse_table, read_table_source
-from loadtest.common import percentiles, write_json
+from gateway.routing.table import demo_test_path, parse_table, read_table_source
+from loadtest.common import machine, machine_line, percentiles, write_json
 
 app = typer.Typer(add_completion=False, help=__doc__)
 console = Console()
@@ -53,24 +57,37 @@ async def _index(embedder: Embedder) -> RouteIndex:
     return await RouteIndex.build(parse_table(read_table_source("demo")), embed_many)
 
 
-def _decide(index: RouteIndex, embedder: Embedder, text: str) -> Decision:
-    rule = index.match_rules(text)
-    return rule if rule is not None else index.decide(embedder.embed([text])[0])
+def _direct(embedder: Embedder, earlier: set[str]) -> VectorsOf:
+    """Embeds on the caller's thread; the earlier turns of chats come from memory."""
+    remembered = {t: embedder.embed([t])[0] for t in sorted(earlier)}
+
+    async def vectors_of(texts: list[str]) -> list[Vectors]:
+        return [remembered[t] if t in remembered else embedder.embed([t])[0] for t in texts]
+
+    return vectors_of
 
 
 def batch_one(
-    index: RouteIndex, embedder: OnnxEmbedder, texts: list[str], rounds: int
+    index: RouteIndex, embedder: OnnxEmbedder, samples: list[Sample], rounds: int
 ) -> dict[str, Any]:
     """One request at a time, directly: every decision's latency, and by token count."""
-    for text in texts[:20]:
-        _decide(index, embedder, text)
+    return asyncio.run(_batch_one(index, embedder, samples, rounds))
+
+
+async def _batch_one(
+    index: RouteIndex, embedder: OnnxEmbedder, samples: list[Sample], rounds: int
+) -> dict[str, Any]:
+    vectors_of = _direct(embedder, {t for s in samples for t in s.earlier})
+    for sample in samples[:20]:
+        await classify(index, _conversation(sample), vectors_of)
     latencies: list[float] = []
     embedded: list[float] = []
     by_tokens: dict[str, list[float]] = {f"{lo}-{hi}": [] for lo, hi in TOKEN_BUCKETS}
     for _ in range(rounds):
-        for text in texts:
+        for sample in samples:
+            text = sample.text
             started = time.perf_counter()
-            decision = _decide(index, embedder, text)
+            decision = await classify(index, _conversation(sample), vectors_of)
             elapsed = time.perf_counter() - started
             latencies.append(elapsed)
             if decision.method == "rule":
@@ -89,24 +106,31 @@ def batch_one(
     }
 
 
+def _conversation(sample: Sample) -> Conversation:
+    return Conversation(sample.text, sample.earlier)
+
+
 async def through_batcher(
-    index: RouteIndex, embedder: Embedder, texts: list[str], concurrency: int, total: int
+    index: RouteIndex, embedder: Embedder, samples: list[Sample], concurrency: int, total: int
 ) -> dict[str, Any]:
-    """`concurrency` callers classifying `total` texts through the batcher."""
+    """`concurrency` callers classifying `total` samples through the batcher."""
     metrics = Metrics()
     batcher = EmbeddingBatcher(embedder, metrics, max_batch=16, max_pending=100_000)
     latencies: list[float] = []
     queue = list(range(total))
+    remembered = {t: embedder.embed([t])[0] for s in samples for t in s.earlier}
+
+    async def vectors_of(texts: list[str]) -> list[Vectors]:
+        return [remembered[t] if t in remembered else await batcher.embed_one(t) for t in texts]
 
     async def caller() -> None:
         while queue:
-            text = texts[queue.pop() % len(texts)]
+            sample = samples[queue.pop() % len(samples)]
             started = time.perf_counter()
-            if index.match_rules(text) is None:
-                index.decide(await batcher.embed_one(text))
+            await classify(index, _conversation(sample), vectors_of)
             latencies.append(time.perf_counter() - started)
 
-    await batcher.embed_one(texts[0])
+    await batcher.embed_one(samples[0].text)
     started = time.perf_counter()
     await asyncio.gather(*(caller() for _ in range(concurrency)))
     elapsed = time.perf_counter() - started
@@ -152,23 +176,23 @@ def main(
     embedder = load_embedder(DEFAULT_CACHE_DIR, threads=1)
     index = asyncio.run(_index(embedder))
     table = index.table
-    samples = load_samples(demo_eval_path(), [r.name for r in table.routes] + [table.default.name])
-    texts = [s.text for s in samples]
-    tokens = [embedder.token_count(t) for t in texts]
+    samples = load_samples(demo_test_path(), [r.name for r in table.routes] + [table.default.name])
+    tokens = [embedder.token_count(s.text) for s in samples]
     console.print(
-        f"{len(texts)} prompts, {min(tokens)}-{max(tokens)} tokens (median "
-        f"{sorted(tokens)[len(tokens) // 2]}); one thread, {pinned}"
+        f"{len(samples)} prompts ({sum(1 for s in samples if s.earlier)} chats), "
+        f"{min(tokens)}-{max(tokens)} tokens (median {sorted(tokens)[len(tokens) // 2]}); "
+        f"one thread, {pinned}; {machine_line()}"
     )
-    results: dict[str, Any] = {"prompts": len(texts), "pinned": pinned}
-    results["batch1"] = _time_it(lambda: batch_one(index, embedder, texts, rounds))
+    results: dict[str, Any] = {"prompts": len(samples), "pinned": pinned, **machine()}
+    results["batch1"] = _time_it(lambda: batch_one(index, embedder, samples, rounds))
     results["batch1_via_batcher"] = asyncio.run(
-        through_batcher(index, embedder, texts, 1, len(texts) * rounds)
+        through_batcher(index, embedder, samples, 1, len(samples) * rounds)
     )
     if compare_packaged:
         shipped = OnnxEmbedder(packaged_files().onnx, packaged_files().tokenizer, threads=1)
-        results["batch1_packaged_export"] = _time_it(lambda: batch_one(index, shipped, texts, 1))
+        results["batch1_packaged_export"] = _time_it(lambda: batch_one(index, shipped, samples, 1))
     results["concurrency"] = [
-        asyncio.run(through_batcher(index, embedder, texts, int(c), requests))
+        asyncio.run(through_batcher(index, embedder, samples, int(c), requests))
         for c in concurrency.split(",")
     ]
     _print(results)

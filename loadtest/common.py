@@ -148,6 +148,39 @@ def load_average() -> float:
     return os.getloadavg()[0]
 
 
+# The CPU features a number depends on (int8 dot products, bf16, matrix tiles).
+CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8")
+
+
+def machine() -> dict[str, Any]:
+    """What a number was measured on: CPU model, family/model, the flags that matter, cores,
+    load average and date (recorded beside every benchmark result)."""
+    info: dict[str, str] = {}
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            info.setdefault(key.strip(), value.strip())
+    flags = set(info.get("flags", "").split())
+    return {
+        "cpu_model": info.get("model name", "unknown"),
+        "cpu_family_model": f"{info.get('cpu family', '?')}/{info.get('model', '?')}",
+        "cpu_flags": [f for f in CPU_FLAGS if f in flags],
+        "cores": os.cpu_count(),
+        "load_average": round(load_average(), 2),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+def machine_line() -> str:
+    """`machine()` in one line."""
+    m = machine()
+    return (
+        f"{m['cpu_model']} (family/model {m['cpu_family_model']}; "
+        f"{' '.join(m['cpu_flags']) or 'no AVX2'}), {m['cores']} cores, "
+        f"load {m['load_average']}, {m['date']}"
+    )
+
+
 def write_json(path: Path, data: Mapping[str, Any]) -> None:
     """Write a result file (NaN becomes null, so other tools can read it)."""
 

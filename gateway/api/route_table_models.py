@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import asdict
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from gateway.routing.head import FOLLOW_UP
 from gateway.routing.router import ActiveTable, Explanation
 
 
@@ -38,6 +41,22 @@ class ClassifyBody(BaseModel):
         return self
 
 
+class RuleOut(BaseModel):
+    """The keyword or pattern that matched, and why it did not count if it did not."""
+
+    route: str
+    kind: str
+    matched: str
+    vetoed: str | None
+
+
+class ScoreOut(BaseModel):
+    """One route's score."""
+
+    route: str
+    score: float
+
+
 class ClassifyOut(BaseModel):
     """A decision and its evidence."""
 
@@ -47,8 +66,15 @@ class ClassifyOut(BaseModel):
     confidence: float
     method: str
     reason: str
+    explanation: str
     threshold: float | None
+    # The best routes (the default's included) by the scores that decided.
+    top: list[ScoreOut]
     scores: dict[str, float]
+    rule: RuleOut | None
+    # A follow-up: the earlier user turns it was read with, and the conversation's scores.
+    earlier: list[str]
+    context_scores: dict[str, float] | None
     table: int
 
     @classmethod
@@ -62,10 +88,29 @@ class ClassifyOut(BaseModel):
             confidence=round(decision.confidence, 6),
             method=decision.method,
             reason=decision.reason,
+            explanation=decision.explain(explanation.threshold),
             threshold=explanation.threshold,
-            scores={name: round(value, 6) for name, value in explanation.scores.items()},
+            top=[
+                ScoreOut(route=name, score=round(value, 6))
+                for name, value in (decision.top() or _ranked(explanation.scores))
+            ],
+            scores=_rounded(explanation.scores),
+            rule=None if decision.rule is None else RuleOut(**asdict(decision.rule)),
+            earlier=list(explanation.earlier),
+            context_scores=(
+                None if decision.context_scores is None else _rounded(decision.context_scores)
+            ),
             table=explanation.table,
         )
+
+
+def _rounded(scores: Mapping[str, float]) -> dict[str, float]:
+    return {name: round(value, 6) for name, value in scores.items()}
+
+
+def _ranked(scores: Mapping[str, float]) -> list[tuple[str, float]]:
+    ranked = sorted(((k, v) for k, v in scores.items() if k != FOLLOW_UP), key=lambda kv: -kv[1])
+    return ranked[:3]
 
 
 def table_out(active: ActiveTable, *, stored: bool) -> RouteTableOut:

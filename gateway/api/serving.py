@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 from fastapi import Request
 from fastapi.responses import Response
@@ -290,13 +291,18 @@ def _model_entry(
 
 
 def decision_headers(decision: Decision) -> dict[str, str]:
-    """What an `auto` response says about its route: name, confidence, how it was decided."""
-    return {
+    """What an `auto` response says about its route: name, confidence, how it was decided,
+    and the keyword or pattern that matched (whether it counted or was vetoed)."""
+    headers = {
         "x-route": decision.route,
         "x-route-confidence": f"{decision.confidence:.4f}",
         "x-route-method": decision.method,
         "x-route-reason": decision.reason,
     }
+    if decision.rule is not None:
+        # Header values are ASCII: anything else in a keyword is percent-encoded.
+        headers["x-route-rule"] = quote(decision.rule.describe(), safe=" '():;,.=!?*+-_/\\")
+    return headers
 
 
 def _may_use(principal: Principal | None, route: str, base_model: str) -> bool:

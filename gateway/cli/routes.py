@@ -11,8 +11,9 @@ import json
 import os
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
+import numpy as np
 import typer
 from rich.markup import escape
 from rich.table import Table
@@ -30,8 +31,21 @@ from gateway.cli.client import (
 )
 from gateway.cli.settings import load_settings
 from gateway.errors import InvalidRouteTable
-from gateway.routing.calibrate import Report, evaluate, load_samples
-from gateway.routing.table import DEMO_TABLE, parse_table, read_table_source
+from gateway.routing.calibrate import (
+    Assessment,
+    Interval,
+    Report,
+    Sample,
+    assess,
+    evaluate,
+    gather,
+    load_samples,
+)
+from gateway.routing.table import DEMO_TABLE, RouteTable, parse_table, read_table_source
+
+if TYPE_CHECKING:
+    from gateway.routing.classifier import RouteIndex
+    from gateway.routing.embedder import Embedder, Vectors
 
 routes_app = typer.Typer(
     no_args_is_help=True, help="Show, replace, try and calibrate the `auto` route table."
@@ -132,35 +146,27 @@ def classify(
     emit(payload, as_json, line, scores)
 
 
-@routes_app.command()
-def calibrate(
-    data: Annotated[Path, typer.Argument(help='Labelled JSONL: {"text": ..., "route": ...}.')],
-    table: Annotated[str, typer.Option(help="A route table (YAML), or `demo`.")] = DEMO_TABLE,
-    max_offtopic: Annotated[
-        float,
-        typer.Option(min=0.0, max=1.0, help="Largest share of default prompts sent to adapters."),
-    ] = 0.05,
-    markdown: Annotated[
-        Path | None, typer.Option(help="Also write the report as Markdown here.")
-    ] = None,
-    mistakes: Annotated[int, typer.Option(min=0, help="Misrouted prompts to list.")] = 10,
-    as_json: AsJson = False,
-) -> None:
-    """Evaluate a table on labelled prompts: accuracy, precision and recall per route,
-    confusion matrix, and a suggested threshold."""
+def _labelled(path: Path, table: RouteTable) -> list[Sample]:
+    known = [r.name for r in table.routes] + [table.default.name]
+    try:
+        return load_samples(path, known)
+    except (OSError, ValueError) as exc:
+        fail(f"{path}: {exc}")
+
+
+def _local_table(where: str) -> RouteTable:
+    try:
+        return parse_table(_read_source(where))
+    except InvalidRouteTable as exc:
+        fail(exc.message)
+
+
+def _local_index(route_table: RouteTable) -> tuple[RouteIndex, Embedder]:
+    """The table's index built here, with the gateway's embedder (no gateway needed)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from gateway.routing.classifier import RouteIndex
     from gateway.routing.embedder import ModelMissing, load_embedder
 
-    try:
-        route_table = parse_table(_read_source(table))
-    except InvalidRouteTable as exc:
-        fail(exc.message)
-    known = [r.name for r in route_table.routes] + [route_table.default.name]
-    try:
-        samples = load_samples(data, known)
-    except (OSError, ValueError) as exc:
-        fail(f"{data}: {exc}")
     settings = load_settings()
     routing = settings.routing
     try:
@@ -174,13 +180,40 @@ def calibrate(
     except (ModelMissing, OSError) as exc:
         fail(str(exc))
 
-    async def embed_many(texts: list[str]) -> object:
+    async def embed_many(texts: list[str]) -> Vectors:
         return embedder.embed(texts)
 
-    index = asyncio.run(RouteIndex.build(route_table, embed_many))  # type: ignore[arg-type]
-    report = evaluate(index, embedder, samples, max_offtopic=max_offtopic)
+    return asyncio.run(RouteIndex.build(route_table, embed_many)), embedder
+
+
+MaxOfftopic = Annotated[
+    float,
+    typer.Option(min=0.0, max=1.0, help="Largest share of default prompts sent to adapters."),
+]
+Markdown = Annotated[Path | None, typer.Option(help="Also write the report as Markdown here.")]
+Mistakes = Annotated[int, typer.Option(min=0, help="Misrouted prompts to list.")]
+TableOption = Annotated[str, typer.Option(help="A route table (YAML), or `demo`.")]
+
+
+@routes_app.command()
+def calibrate(
+    data: Annotated[Path, typer.Argument(help='Labelled JSONL: {"text"|"messages", "route"}.')],
+    table: TableOption = DEMO_TABLE,
+    max_offtopic: MaxOfftopic = 0.05,
+    markdown: Markdown = None,
+    mistakes: Mistakes = 10,
+    as_json: AsJson = False,
+) -> None:
+    """Evaluate a table on one labelled set at its own thresholds: accuracy, precision and
+    recall per route, confusion matrix, and the threshold this set suggests. (To report
+    numbers, choose on one set and measure on another: `routes evaluate`.)"""
+    route_table = _local_table(table)
+    samples = _labelled(data, route_table)
+    index, embedder = _local_index(route_table)
+    report = evaluate(index, samples, gather(index, embedder, samples), max_offtopic=max_offtopic)
     if markdown is not None:
-        markdown.write_text(report_markdown(report, table, data), encoding="utf-8")
+        text = report_markdown(report, f"Table `{table}`, labelled set `{data.name}`.")
+        markdown.write_text(text, encoding="utf-8")
     if as_json:
         typer.echo(json.dumps(report_json(report), indent=2))
         return
@@ -188,15 +221,87 @@ def calibrate(
         console.print(renderable, highlight=False)
 
 
+@routes_app.command("evaluate")
+def evaluate_command(
+    tune: Annotated[Path, typer.Option(help="Labelled JSONL the threshold is chosen on.")],
+    test: Annotated[Path, typer.Option(help="Labelled JSONL the numbers are measured on.")],
+    table: TableOption = DEMO_TABLE,
+    max_offtopic: MaxOfftopic = 0.03,
+    folds: Annotated[int, typer.Option(min=0, max=20, help="Cross-validation folds.")] = 2,
+    markdown: Markdown = None,
+    mistakes: Mistakes = 10,
+    as_json: AsJson = False,
+) -> None:
+    """Choose the threshold on a tuning set, measure on a separate test set (Wilson 95%
+    intervals), and cross-validate the choice on the tuning set."""
+    if tune.resolve() == test.resolve():
+        fail("the tuning and the test set must be different files")
+    route_table = _local_table(table)
+    tuning, testing = _labelled(tune, route_table), _labelled(test, route_table)
+    overlap = {s.text for s in tuning if not s.earlier} & {s.text for s in testing}
+    if overlap:
+        fail(f"{len(overlap)} prompts are in both sets, e.g. {sorted(overlap)[0]!r}")
+    index, embedder = _local_index(route_table)
+    result = assess(index, embedder, tuning, testing, max_offtopic=max_offtopic, folds=folds)
+    if markdown is not None:
+        markdown.write_text(assessment_markdown(result, table, tune, test), encoding="utf-8")
+    if as_json:
+        payload = {
+            "threshold": result.threshold,
+            "tuning": report_json(result.tuning),
+            "test": report_json(result.test),
+            "folds": [asdict(f) for f in result.folds],
+        }
+        typer.echo(json.dumps(payload, indent=2))
+        return
+    console.print(
+        f"threshold {_threshold(result.threshold)}, chosen on {tune.name} "
+        f"({len(tuning)} prompts, off-topic limit {max_offtopic:.0%})",
+        highlight=False,
+    )
+    if result.folds:
+        console.print(_folds_line(result), highlight=False)
+    console.print(f"test set {test.name}:", highlight=False)
+    for renderable in report_tables(result.test, mistakes):
+        console.print(renderable, highlight=False)
+
+
+def _threshold(value: float | None) -> str:
+    return "none meets the off-topic limit (the table's kept)" if value is None else f"{value:.2f}"
+
+
+def _folds_line(result: Assessment) -> str:
+    acc = [f.accuracy for f in result.folds]
+    off = [f.offtopic_to_adapter for f in result.folds]
+    return (
+        f"{len(result.folds)}-fold cross-validation on the tuning set: thresholds "
+        + ", ".join(_threshold(f.threshold) for f in result.folds)
+        + f"; accuracy {np.mean(acc):.1%} (from {min(acc):.1%} to {max(acc):.1%}), "
+        f"default prompts sent to an adapter {np.mean(off):.1%} "
+        f"(from {min(off):.1%} to {max(off):.1%})"
+    )
+
+
+def _share(interval: Interval) -> Json:
+    return {
+        "value": interval.value,
+        "hits": interval.hits,
+        "total": interval.total,
+        "ci95": [interval.low, interval.high],
+    }
+
+
 def report_json(report: Report) -> Json:
     """The report as plain JSON."""
     return {
         "samples": len(report.samples),
-        "accuracy": report.accuracy,
-        "offtopic_to_adapter": report.offtopic_to_adapter,
+        "threshold": report.threshold,
+        "accuracy": _share(report.accuracy),
+        "offtopic_to_adapter": _share(report.offtopic),
         "suggested_threshold": report.suggested_threshold,
         "max_offtopic": report.max_offtopic,
         "routes": [asdict(r) for r in report.routes],
+        "kinds": {kind: _share(i) for kind, i in report.kinds.items()},
         "labels": report.labels,
         "confusion": report.confusion,
         "sweep": [asdict(p) for p in report.sweep],
@@ -207,13 +312,21 @@ def report_json(report: Report) -> Json:
     }
 
 
+def _ci(interval: Interval) -> str:
+    return (
+        f"{interval.value:.1%} ({interval.hits}/{interval.total}; 95% CI "
+        f"{interval.low:.1%}-{interval.high:.1%})"
+    )
+
+
 def _headline(report: Report) -> str:
     suggested = report.suggested_threshold
     hint = "none meets the off-topic limit" if suggested is None else f"{suggested:.2f}"
+    at = "the table's thresholds" if report.threshold is None else f"threshold {report.threshold}"
     return (
-        f"{len(report.samples)} prompts: accuracy {report.accuracy:.1%}, default prompts sent "
-        f"to an adapter {report.offtopic_to_adapter:.1%}; suggested threshold {hint} "
-        f"(off-topic limit {report.max_offtopic:.0%})"
+        f"{len(report.samples)} prompts at {at}: accuracy {_ci(report.accuracy)}, default "
+        f"prompts sent to an adapter {_ci(report.offtopic)}; this set suggests threshold "
+        f"{hint} (off-topic limit {report.max_offtopic:.0%})"
     )
 
 
@@ -227,6 +340,12 @@ def report_tables(report: Report, mistakes: int) -> list[object]:
     confusion = Table("label \\ routed", *report.labels, title="confusion matrix")
     for label, row in zip(report.labels, report.confusion, strict=True):
         confusion.add_row(label, *(str(n) for n in row))
+    out: list[object] = [_headline(report), per_route, confusion]
+    if report.kinds:
+        kinds = Table("kind", "accuracy", "prompts")
+        for kind, interval in report.kinds.items():
+            kinds.add_row(kind, f"{interval.value:.1%}", str(interval.total))
+        out.append(kinds)
     sweep = Table("threshold", "accuracy", "default -> adapter", "on-topic -> default")
     for point in report.sweep[::5]:
         sweep.add_row(
@@ -235,7 +354,7 @@ def report_tables(report: Report, mistakes: int) -> list[object]:
             f"{point.offtopic_to_adapter:.1%}",
             f"{point.on_topic_to_default:.1%}",
         )
-    out: list[object] = [_headline(report), per_route, confusion, sweep]
+    out.append(sweep)
     for sample, decision in report.mistakes[:mistakes]:
         out.append(
             f"  {sample.route} -> {decision.route} ({decision.reason}, "
@@ -244,10 +363,10 @@ def report_tables(report: Report, mistakes: int) -> list[object]:
     return out
 
 
-def report_markdown(report: Report, table: str, data: Path) -> str:
+def report_markdown(report: Report, title: str) -> str:
     """The report as Markdown (for docs/)."""
     lines = [
-        f"Table `{table}`, labelled set `{data.name}`. {_headline(report)}.",
+        f"{title} {_headline(report)}.",
         "",
         "| route | precision | recall | support | routed here |",
         "| --- | ---: | ---: | ---: | ---: |",
@@ -265,15 +384,26 @@ def report_markdown(report: Report, table: str, data: Path) -> str:
             for label, row in zip(report.labels, report.confusion, strict=True)
         ),
         "",
-        "One threshold for every route:",
-        "",
-        "| threshold | accuracy | default -> adapter | on-topic -> default |",
-        "| ---: | ---: | ---: | ---: |",
-        *(
-            f"| {p.threshold:.2f} | {p.accuracy:.1%} | {p.offtopic_to_adapter:.1%} "
-            f"| {p.on_topic_to_default:.1%} |"
-            for p in report.sweep[15:61:5]
-        ),
+    ]
+    if report.kinds:
+        lines += [
+            "| kind | accuracy | prompts |",
+            "| --- | ---: | ---: |",
+            *(f"| {k} | {i.value:.1%} | {i.total} |" for k, i in report.kinds.items()),
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def assessment_markdown(result: Assessment, table: str, tune: Path, test: Path) -> str:
+    """Tuning choice, cross-validation and test numbers as Markdown."""
+    lines = [
+        f"Table `{table}`: threshold {_threshold(result.threshold)}, chosen on `{tune.name}` "
+        f"({len(result.tuning.samples)} prompts, off-topic limit "
+        f"{result.tuning.max_offtopic:.0%}).",
         "",
     ]
+    if result.folds:
+        lines += [_folds_line(result) + ".", ""]
+    lines.append(report_markdown(result.test, f"Test set `{test.name}`:"))
     return "\n".join(lines)

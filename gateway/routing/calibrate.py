@@ -1,12 +1,18 @@
-"""Evaluate a route table on labelled prompts and suggest a threshold.
+"""Evaluate a route table on labelled prompts and choose its threshold.
 
-The labelled set is JSONL, one `{"text": ..., "route": ...}` per line, `route` a route of the
-table or the default route's name (prompts that must reach the base model). The report has
-accuracy, each route's precision and recall, the confusion matrix, the share of default
-prompts sent to an adapter, and a sweep of one threshold for every route: the suggested
-threshold has the best accuracy of those that keep default prompts sent to an adapter at or
-under `max_offtopic` (ties: fewer default prompts sent to adapters, then the middle of the
-widest run).
+A labelled set is JSONL, one object per line: `{"text": ..., "route": ...}` or a chat
+`{"messages": [...], "route": ...}` (routed by its last user message, with the earlier user
+turns as context), optionally with a `kind` (e.g. `near_miss`) that the report breaks down
+by. `route` is a route of the table or the default route's name (prompts that must reach the
+base model).
+
+Every sample is classified exactly as the gateway would; the report has accuracy and the
+share of default prompts sent to an adapter with Wilson 95% intervals, each route's
+precision and recall, the confusion matrix, and a sweep of one threshold for every route.
+The suggested threshold has the best accuracy of those that keep default prompts sent to an
+adapter at or under `max_offtopic` (ties: fewer default prompts sent to adapters, then the
+middle of the widest run). `assess` keeps the discipline: the threshold is chosen on a
+tuning set only, and the numbers reported are those of a separate test set.
 """
 
 from __future__ import annotations
@@ -18,19 +24,47 @@ from pathlib import Path
 
 import numpy as np
 
-from gateway.routing.classifier import Decision, RouteIndex
+from gateway.routing.classifier import Decision, Evidence, RouteIndex
+from gateway.routing.conversation import conversation_of
 from gateway.routing.embedder import Embedder
 
 # Thresholds swept, in steps of 0.01.
 SWEEP = np.round(np.arange(0.0, 1.0001, 0.01), 2)
+CONFIDENCE = 0.95
 
 
 @dataclass(frozen=True)
 class Sample:
-    """One labelled prompt."""
+    """One labelled prompt (with the chat's earlier user turns, oldest first)."""
 
     text: str
     route: str
+    earlier: tuple[str, ...] = ()
+    kind: str = ""
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A proportion with its Wilson interval."""
+
+    hits: int
+    total: int
+    low: float
+    high: float
+
+    @property
+    def value(self) -> float:
+        return self.hits / self.total if self.total else 0.0
+
+
+def wilson(hits: int, total: int, confidence: float = CONFIDENCE) -> Interval:
+    """`hits / total` with its Wilson score interval (scipy's)."""
+    if total == 0:
+        return Interval(0, 0, 0.0, 1.0)
+    from scipy.stats import binomtest
+
+    ci = binomtest(hits, total).proportion_ci(confidence_level=confidence, method="wilson")
+    return Interval(hits, total, float(ci.low), float(ci.high))
 
 
 @dataclass(frozen=True)
@@ -56,19 +90,25 @@ class SweepPoint:
 
 @dataclass
 class Report:
-    """The evaluation of a table on a labelled set."""
+    """The evaluation of a table on a labelled set (at `threshold`: None, the table's)."""
 
     labels: list[str]
     samples: list[Sample]
     decisions: list[Decision]
-    accuracy: float
-    offtopic_to_adapter: float
+    accuracy: Interval
+    offtopic: Interval
     routes: list[RouteStats]
     confusion: list[list[int]]
+    kinds: dict[str, Interval]
     sweep: list[SweepPoint]
     suggested_threshold: float | None
     max_offtopic: float
+    threshold: float | None = None
     mistakes: list[tuple[Sample, Decision]] = field(default_factory=list)
+
+    @property
+    def offtopic_to_adapter(self) -> float:
+        return self.offtopic.value
 
 
 def load_samples(path: Path, known: Sequence[str]) -> list[Sample]:
@@ -83,13 +123,20 @@ def load_samples(path: Path, known: Sequence[str]) -> list[Sample]:
         except json.JSONDecodeError as exc:
             problems.append(f"line {number}: not JSON ({exc.msg})")
             continue
-        text, route = (row.get("text"), row.get("route")) if isinstance(row, dict) else (0, 0)
-        if not isinstance(text, str) or not text.strip() or not isinstance(route, str):
-            problems.append(f'line {number}: needs a non-empty "text" and a "route"')
+        if not isinstance(row, dict):
+            problems.append(f"line {number}: not an object")
+            continue
+        route, kind = row.get("route"), row.get("kind", "")
+        conversation = (
+            conversation_of(row, turns=10) if "text" in row or "messages" in row else None
+        )
+        if conversation is None or not conversation.text or not isinstance(route, str):
+            problems.append(f'line {number}: needs a non-empty "text" or "messages", and a "route"')
         elif route not in known:
             problems.append(f"line {number}: route {route!r} is not in the table")
         else:
-            samples.append(Sample(text.strip(), route))
+            kind = kind or ("multi_turn" if conversation.earlier else "")
+            samples.append(Sample(conversation.text, route, conversation.earlier, str(kind)))
     if problems:
         raise ValueError("; ".join(problems[:10]))
     if not samples:
@@ -97,43 +144,46 @@ def load_samples(path: Path, known: Sequence[str]) -> list[Sample]:
     return samples
 
 
+def gather(index: RouteIndex, embedder: Embedder, samples: Sequence[Sample]) -> list[Evidence]:
+    """Each sample's evidence, as the gateway gathers it (rules, scores, the conversation's
+    scores for a follow-up); every distinct text is embedded once."""
+    texts = list(dict.fromkeys(t for s in samples for t in (s.text, *s.earlier)))
+    matrix = embedder.embed(texts)
+    vectors = {text: matrix[row] for row, text in enumerate(texts)}
+    out: list[Evidence] = []
+    for sample in samples:
+        vector = vectors[sample.text]
+        evidence = index.evidence(vector, index.match_rules(sample.text), text=sample.text)
+        earlier = index.earlier_to_read(evidence, sample.earlier)
+        if earlier:
+            before = [vectors[t] for t in earlier]
+            evidence = index.in_context(evidence, vector, before, (*earlier, sample.text))
+        out.append(evidence)
+    return out
+
+
 def evaluate(
-    index: RouteIndex, embedder: Embedder, samples: list[Sample], *, max_offtopic: float = 0.05
+    index: RouteIndex,
+    samples: list[Sample],
+    evidence: Sequence[Evidence],
+    *,
+    max_offtopic: float = 0.05,
+    threshold: float | None = None,
 ) -> Report:
-    """Classify every sample as the gateway would, and sweep the threshold."""
-    table = index.table
-    default = table.default.name
-    labels = [route.name for route in table.routes] + [default]
-    vectors = embedder.embed([s.text for s in samples])
-    decisions: list[Decision] = []
-    # Per sample, for the sweep: the rule's route, or the best route, its score, and
-    # whether the default's utterances were nearer.
-    fixed: list[str | None] = []
-    best: list[str] = []
-    best_score = np.zeros(len(samples), np.float32)
-    default_nearer = np.zeros(len(samples), bool)
-    for row, sample in enumerate(samples):
-        rule = index.match_rules(sample.text)
-        decision = rule if rule is not None else index.decide(vectors[row])
-        decisions.append(decision)
-        fixed.append(rule.route if rule is not None else None)
-        scores = index.scores(vectors[row])
-        name = max((r for r in scores if r != default), key=lambda r: scores[r])
-        best.append(name)
-        best_score[row] = scores[name]
-        default_nearer[row] = default in scores and scores[default] > scores[name]
+    """Decide every sample at `threshold` (None: the table's thresholds) and sweep."""
+    default = index.default
+    labels = [route.name for route in index.table.routes] + [default]
     truth = [s.route for s in samples]
+    decisions = [index.conclude(e, threshold) for e in evidence]
     predicted = [d.route for d in decisions]
-    sweep = [
-        _sweep_point(float(t), truth, fixed, best, best_score, default_nearer, default)
-        for t in SWEEP
-    ]
+    sweep = [_sweep_point(index, float(t), truth, evidence) for t in SWEEP]
+    kinds = sorted({s.kind for s in samples if s.kind})
     return Report(
         labels=labels,
         samples=samples,
         decisions=decisions,
         accuracy=_accuracy(truth, predicted),
-        offtopic_to_adapter=_offtopic_rate(truth, predicted, default),
+        offtopic=_offtopic(truth, predicted, default),
         routes=[_route_stats(label, truth, predicted) for label in labels],
         confusion=[
             [
@@ -142,20 +192,34 @@ def evaluate(
             ]
             for a in labels
         ],
+        kinds={
+            kind: _accuracy(
+                *zip(
+                    *[
+                        (t, p)
+                        for s, t, p in zip(samples, truth, predicted, strict=True)
+                        if s.kind == kind
+                    ],
+                    strict=True,
+                )
+            )
+            for kind in kinds
+        },
         sweep=sweep,
         suggested_threshold=suggest_threshold(sweep, max_offtopic),
         max_offtopic=max_offtopic,
+        threshold=threshold,
         mistakes=[(s, d) for s, d in zip(samples, decisions, strict=True) if s.route != d.route],
     )
 
 
-def _accuracy(truth: Sequence[str], predicted: Sequence[str]) -> float:
-    return sum(t == p for t, p in zip(truth, predicted, strict=True)) / len(truth)
+def _accuracy(truth: Sequence[str], predicted: Sequence[str]) -> Interval:
+    return wilson(sum(t == p for t, p in zip(truth, predicted, strict=True)), len(truth))
 
 
-def _offtopic_rate(truth: Sequence[str], predicted: Sequence[str], default: str) -> float:
+def _offtopic(truth: Sequence[str], predicted: Sequence[str], default: str) -> Interval:
     offtopic = [p for t, p in zip(truth, predicted, strict=True) if t == default]
-    return sum(p != default for p in offtopic) / len(offtopic) if offtopic else 0.0
+    return wilson(sum(p != default for p in offtopic), len(offtopic))
 
 
 def _route_stats(label: str, truth: Sequence[str], predicted: Sequence[str]) -> RouteStats:
@@ -173,23 +237,15 @@ def _route_stats(label: str, truth: Sequence[str], predicted: Sequence[str]) -> 
 
 
 def _sweep_point(
-    threshold: float,
-    truth: Sequence[str],
-    fixed: Sequence[str | None],
-    best: Sequence[str],
-    best_score: np.typing.NDArray[np.float32],
-    default_nearer: np.typing.NDArray[np.bool_],
-    default: str,
+    index: RouteIndex, threshold: float, truth: Sequence[str], evidence: Sequence[Evidence]
 ) -> SweepPoint:
-    predicted = [
-        rule if rule is not None else (name if score >= threshold and not nearer else default)
-        for rule, name, score, nearer in zip(fixed, best, best_score, default_nearer, strict=True)
-    ]
+    default = index.default
+    predicted = [index.conclude(e, threshold).route for e in evidence]
     on_topic = [p for t, p in zip(truth, predicted, strict=True) if t != default]
     return SweepPoint(
         threshold,
-        _accuracy(truth, predicted),
-        _offtopic_rate(truth, predicted, default),
+        _accuracy(truth, predicted).value,
+        _offtopic(truth, predicted, default).value,
         sum(p == default for p in on_topic) / len(on_topic) if on_topic else 0.0,
     )
 
@@ -213,3 +269,74 @@ def suggest_threshold(sweep: Sequence[SweepPoint], max_offtopic: float) -> float
             runs.append([point.threshold])
     widest = max(runs, key=len)
     return round(widest[len(widest) // 2], 2)
+
+
+@dataclass(frozen=True)
+class Fold:
+    """One fold of the cross-validation: threshold from the other folds, numbers on this."""
+
+    threshold: float | None
+    accuracy: float
+    offtopic_to_adapter: float
+    size: int
+
+
+@dataclass
+class Assessment:
+    """Threshold chosen on the tuning set, numbers measured on the test set."""
+
+    tuning: Report
+    test: Report
+    folds: list[Fold]
+
+    @property
+    def threshold(self) -> float | None:
+        return self.tuning.suggested_threshold
+
+
+def folds_of(samples: Sequence[Sample], k: int) -> list[list[int]]:
+    """`k` folds of sample positions, stratified by route (every k-th of each route)."""
+    folds: list[list[int]] = [[] for _ in range(k)]
+    seen: dict[str, int] = {}
+    for i, sample in enumerate(samples):
+        n = seen.get(sample.route, 0)
+        folds[n % k].append(i)
+        seen[sample.route] = n + 1
+    return folds
+
+
+def assess(
+    index: RouteIndex,
+    embedder: Embedder,
+    tuning: list[Sample],
+    test: list[Sample],
+    *,
+    max_offtopic: float,
+    folds: int = 2,
+) -> Assessment:
+    """Choose the threshold on `tuning` only; report `test` at it, and cross-validate the
+    choice on `tuning` (`folds` folds: the threshold of the others, the numbers of each)."""
+    tune_evidence = gather(index, embedder, tuning)
+    tune_report = evaluate(index, tuning, tune_evidence, max_offtopic=max_offtopic)
+    chosen = tune_report.suggested_threshold
+    test_report = evaluate(
+        index, test, gather(index, embedder, test), max_offtopic=max_offtopic, threshold=chosen
+    )
+    results: list[Fold] = []
+    for held in folds_of(tuning, folds) if folds > 1 else []:
+        rest = [i for i in range(len(tuning)) if i not in set(held)]
+        fitted = evaluate(
+            index,
+            [tuning[i] for i in rest],
+            [tune_evidence[i] for i in rest],
+            max_offtopic=max_offtopic,
+        ).suggested_threshold
+        scored = evaluate(
+            index,
+            [tuning[i] for i in held],
+            [tune_evidence[i] for i in held],
+            max_offtopic=max_offtopic,
+            threshold=fitted,
+        )
+        results.append(Fold(fitted, scored.accuracy.value, scored.offtopic.value, len(held)))
+    return Assessment(tune_report, test_report, results)

@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,12 +28,16 @@ from gateway.errors import ClassifierUnavailable, InvalidRouteTable, ModelNotFou
 from gateway.metrics import Metrics
 from gateway.registry.store import Registry
 from gateway.routing.batcher import EmbeddingBatcher, Overloaded
-from gateway.routing.classifier import Decision, RouteIndex, request_text
+from gateway.routing.classifier import Decision, RouteIndex, classify, groups_of
+from gateway.routing.conversation import Conversation, conversation_of
 from gateway.routing.embedder import DIMENSIONS, ModelMissing, Vectors, load_embedder
-from gateway.routing.table import check_adapters, parse_table, read_table_source
+from gateway.routing.head import Head
+from gateway.routing.table import RouteTable, check_adapters, parse_table, read_table_source
 
 log = logging.getLogger(__name__)
 SEED_ACTOR = "system:seed"
+# Request texts whose vectors are kept: a chat's earlier turns were once its last message.
+RECENT_TEXTS = 4096
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,8 @@ class Explanation:
     # The threshold of the route chosen (or nearly chosen); None when nothing came close.
     threshold: float | None
     table: int
+    # The earlier user turns read with the text (a follow-up); empty otherwise.
+    earlier: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -83,8 +90,10 @@ class AutoRouter:
         self._batcher: EmbeddingBatcher | None = None
         self._active: ActiveTable | None = None
         self._changing = asyncio.Lock()
-        # Utterance vectors of the table in use (and of a table being built).
+        # Example vectors of the table in use (and of a table being built).
         self._vectors: dict[str, Vectors] = {}
+        # Vectors of recent request texts (least recently used first).
+        self._recent: OrderedDict[str, Vectors] = OrderedDict()
 
     @property
     def active(self) -> ActiveTable | None:
@@ -125,7 +134,7 @@ class AutoRouter:
                 return
             try:
                 table = parse_table(row.source)
-                index = await RouteIndex.build(table, self._embed_utterances)
+                index = await self._build(table)
             except (InvalidRouteTable, ClassifierUnavailable) as exc:
                 log.error("route table %s in the registry was not installed: %s", row.id, exc)
                 return
@@ -156,7 +165,7 @@ class AutoRouter:
                     )
                 self._metrics.registry_operations.labels("routes", "refused").inc()
                 raise
-            index = await RouteIndex.build(table, self._embed_utterances)
+            index = await self._build(table)
             if dry_run:
                 return ActiveTable(0, source, sha, index, actor, "")
             routes = {route.name: route.adapter for route in table.routes}
@@ -170,8 +179,16 @@ class AutoRouter:
             self._metrics.registry_operations.labels("routes", "ok").inc()
             return active
 
+    async def _build(self, table: RouteTable) -> RouteIndex:
+        """Embed a table's examples and, for a `head` table, train its head on a thread."""
+
+        async def train(fit: Callable[[], Head]) -> Head:
+            return await asyncio.to_thread(fit)
+
+        return await RouteIndex.build(table, self._embed_utterances, train)
+
     async def _embed_utterances(self, texts: list[str]) -> Vectors:
-        """Vectors of a table's utterances; those of the table in use are not embedded again
+        """Vectors of a table's examples; those of the table in use are not embedded again
         (an edited table mostly repeats them)."""
         batcher = await self._embedder()
         missing = [text for text in dict.fromkeys(texts) if text not in self._vectors]
@@ -183,8 +200,7 @@ class AutoRouter:
         return np.stack([self._vectors[text] for text in texts])
 
     def _install(self, active: ActiveTable) -> None:
-        table = active.index.table
-        keep = {u for r in table.routes for u in r.utterances} | set(table.default.utterances)
+        keep = {text for _, texts in groups_of(active.index.table) for text in texts}
         self._vectors = {text: v for text, v in self._vectors.items() if text in keep}
         self._active = active
         self._metrics.route_table_id.set(active.id)
@@ -232,34 +248,48 @@ class AutoRouter:
             )
         return self._active.index
 
-    async def decide(self, text: str) -> Decision:
-        """Classify one text against the table in use."""
+    async def decide(self, conversation: Conversation | str) -> Decision:
+        """Classify one text (or a chat's last message with its earlier turns)."""
+        if isinstance(conversation, str):
+            conversation = Conversation(conversation)
         index = self._index()
         started = time.perf_counter()
-        decision = await self._classify(index, text)
+        decision = await self._classify(index, conversation)
         self._metrics.route_classify_duration.labels(decision.method).observe(
             time.perf_counter() - started
         )
         return decision
 
-    async def _classify(self, index: RouteIndex, text: str) -> Decision:
-        if not text:
-            return index.fallback("no_text")
-        matched = index.match_rules(text)
-        if matched is not None:
-            return matched
+    async def _classify(self, index: RouteIndex, conversation: Conversation) -> Decision:
+        return await classify(index, conversation, self._vectors_of)
+
+    async def _vectors_of(self, texts: list[str]) -> list[Vectors]:
+        """Vectors of request texts, the recently seen ones from memory."""
         assert self._batcher is not None, "a table in use has its embedder"
-        try:
-            vector = await self._batcher.embed_one(text)
-        except Overloaded:
-            return index.fallback("overloaded")
-        return index.decide(vector)
+        keys = [_text_key(text) for text in texts]
+        found: dict[int, Vectors] = {}
+        for i, key in enumerate(keys):
+            if key in self._recent:
+                self._recent.move_to_end(key)
+                found[i] = self._recent[key]
+        missing = [i for i in range(len(texts)) if i not in found]
+        if len(missing) == 1:
+            found[missing[0]] = await self._batcher.embed_one(texts[missing[0]])
+        elif missing:
+            fresh = await self._batcher.embed_many([texts[i] for i in missing])
+            found.update(zip(missing, fresh, strict=True))
+        for i in missing:
+            self._recent[keys[i]] = found[i]
+        while len(self._recent) > RECENT_TEXTS:
+            self._recent.popitem(last=False)
+        return [found[i] for i in range(len(texts))]
 
     async def route(
         self, payload: Mapping[str, Any], catalog: ModelCatalog, may_use: Callable[[str], bool]
     ) -> tuple[Target, Decision]:
         """The target of an `auto` request: its route's adapter, or the base model."""
-        decision = await self.decide(request_text(payload))
+        turns = self._index().context_turns
+        decision = await self.decide(conversation_of(payload, turns))
         base = catalog.resolve(catalog.base_model)
         if decision.adapter is not None:
             try:
@@ -282,19 +312,26 @@ class AutoRouter:
 
     async def explain(self, request: Mapping[str, Any]) -> Explanation:
         """Where a request (`text`, chat `messages` or a completion `prompt`) would go, with
-        every route's similarity (rules do not stop the scoring)."""
+        every route's score (a rule that decides alone does not stop the scoring)."""
         active = self._active
         index = self._index()
-        text = str(request["text"]).strip() if "text" in request else request_text(request)
-        decision = await self._classify(index, text)
+        conversation = conversation_of(request, index.context_turns)
+        decision = await self._classify(index, conversation)
         scores = dict(decision.scores)
-        if not scores and text:
-            assert self._batcher is not None
+        if not scores and conversation.text and decision.reason != "overloaded":
             with contextlib.suppress(Overloaded):
-                scores = index.scores(await self._batcher.embed_one(text))
+                vector = (await self._vectors_of([conversation.text]))[0]
+                scores = index.scores(vector, conversation.text)
         table = index.table
         threshold = None
         if decision.route != table.default.name or decision.chosen is not None:
             threshold = table.threshold_of(table.route(decision.chosen or decision.route))
         assert active is not None
-        return Explanation(text, decision, scores, threshold, active.id)
+        earlier = conversation.earlier if decision.context_scores is not None else ()
+        return Explanation(conversation.text, decision, scores, threshold, active.id, earlier)
+
+
+def _text_key(text: str) -> str:
+    if len(text) <= 256:
+        return text
+    return "sha256:" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()

@@ -3,17 +3,22 @@
 A table is YAML (JSON is YAML too):
 
 ```yaml
-threshold: 0.45          # a route must score at least this much (routes may override)
-method: knn              # knn: mean of the k best utterance similarities; centroid
-k: 3
+method: head             # head: a learned classifier over the embeddings (probabilities);
+                         # knn: mean of the k best utterance similarities; centroid
+threshold: 0.5           # a route must score at least this much (routes may override)
+rule_floor: 0.02         # a keyword or pattern counts only if its route scores this much
+head: {c: 4.0, background: builtin, lexical: 1.0}
+context: {turns: 3}      # earlier user turns a follow-up is read with (0: none)
 default:                 # everything else: the base model, no adapter
   name: default
   utterances: [...]      # optional: examples of what belongs to the base model
 routes:
   - name: pirate
     adapter: pirate      # an adapter name (its stable version) or `name@version`
+    description: The sea and seafaring.     # optional; an example too
     keywords: [ahoy]     # whole words or phrases, any case
     patterns: ['\\btalk like a pirate\\b']   # regexes, searched case-insensitively
+    negatives: ['\\bpirate radio\\b']        # no rule of the route counts when one matches
     utterances: [...]    # example requests (at least one)
 ```
 
@@ -43,7 +48,7 @@ AUTO_MODEL = "auto"
 DEMO_TABLE = "demo"
 # At most this many characters of a request are matched against rules.
 RULE_TEXT_CHARS = 4000
-Method = Literal["knn", "centroid"]
+Method = Literal["head", "knn", "centroid"]
 
 
 def _clean_texts(values: list[str]) -> list[str]:
@@ -60,13 +65,27 @@ class RouteSpec(BaseModel):
 
     name: str = Field(pattern=ROUTE_NAME.pattern)
     adapter: str = Field(min_length=1, max_length=140)
-    description: str = ""
+    # What belongs to the route, in a sentence; the head learns it as one more example.
+    description: str | None = Field(default=None, max_length=1000)
     utterances: list[str] = Field(min_length=1, max_length=2000)
     keywords: list[str] = Field(default_factory=list, max_length=500)
     patterns: list[str] = Field(default_factory=list, max_length=100)
+    # Regexes: when one matches, no keyword or pattern of this route counts.
+    negatives: list[str] = Field(default_factory=list, max_length=200)
     threshold: float | None = Field(default=None, ge=-1.0, le=1.0)
 
-    _texts = field_validator("utterances", "keywords", "patterns")(_clean_texts)
+    _texts = field_validator("utterances", "keywords", "patterns", "negatives")(_clean_texts)
+
+    @field_validator("description")
+    @classmethod
+    def _described(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("must not be empty (leave it out instead)")
+        return None if value is None else value.strip()
+
+    def examples(self) -> list[str]:
+        """What the route is learned from: its utterances, and its description if any."""
+        return [*self.utterances, *([self.description] if self.description else [])]
 
 
 class DefaultRoute(BaseModel):
@@ -80,6 +99,36 @@ class DefaultRoute(BaseModel):
     _texts = field_validator("utterances")(_clean_texts)
 
 
+class HeadSpec(BaseModel):
+    """The learned head (`method: head`): one multinomial logistic regression over the
+    embeddings, one class per route plus the default's (and a follow-up class when the
+    table reads context)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Inverse L2 regularisation strength (scikit-learn's C).
+    c: float = Field(default=4.0, gt=0.0, le=1000.0)
+    # `builtin`: the packaged generic prompts join the default route's utterances.
+    background: Literal["builtin", "none"] = "builtin"
+    # Weight of the text's character n-grams beside its embedding (0: the embedding only).
+    lexical: float = Field(default=0.0, ge=0.0, le=10.0)
+
+
+class ContextSpec(BaseModel):
+    """How a chat's earlier user turns help classify a follow-up."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Earlier user turns read with a follow-up (0: only the last message counts).
+    turns: int = Field(default=3, ge=0, le=10)
+    # Weight of the turn before the last message against the last message's 1, halving
+    # per turn further back.
+    weight: float = Field(default=1.5, gt=0.0, le=4.0)
+    # The topic counts as changed when the last message alone is the default route's with
+    # at least this probability: then the conversation is not read.
+    switch: float = Field(default=0.8, gt=0.0, le=1.0)
+
+
 class RouteTable(BaseModel):
     """A whole, validated route table."""
 
@@ -88,6 +137,10 @@ class RouteTable(BaseModel):
     threshold: float = Field(default=0.45, ge=-1.0, le=1.0)
     method: Method = "knn"
     k: int = Field(default=3, ge=1, le=50)
+    # A keyword or pattern of a route counts only when the route's score reaches this.
+    rule_floor: float | None = Field(default=None, ge=-1.0, le=1.0)
+    head: HeadSpec = Field(default_factory=HeadSpec)
+    context: ContextSpec = Field(default_factory=lambda: ContextSpec(turns=0))
     default: DefaultRoute = Field(default_factory=DefaultRoute)
     routes: list[RouteSpec] = Field(min_length=1, max_length=200)
 
@@ -128,20 +181,29 @@ def _describe(error: object) -> str:
 
 
 def _consistency_problems(table: RouteTable) -> Iterable[str]:
+    if table.context.turns and table.method != "head":
+        yield "context: reading earlier turns needs method head (set context.turns: 0)"
+    if table.method == "head":
+        scores = [("threshold", table.threshold), ("rule_floor", table.rule_floor)]
+        scores += [(f"route {r.name!r}: threshold", r.threshold) for r in table.routes]
+        for where, value in scores:
+            if value is not None and value < 0.0:
+                yield f"{where}: {value} is not a probability (method head scores in [0, 1])"
     names = Counter([table.default.name, *(r.name for r in table.routes)])
     for name, count in names.items():
         if count > 1:
             yield f"route name {name!r} is used {count} times (the default route counts)"
     for route in table.routes:
-        for pattern in route.patterns:
-            try:
-                re.compile(pattern, re.IGNORECASE)
-            except re.error as exc:
-                yield f"route {route.name!r}: pattern {pattern!r} is not a valid regex: {exc}"
+        for kind, patterns in (("pattern", route.patterns), ("negative", route.negatives)):
+            for pattern in patterns:
+                try:
+                    re.compile(pattern, re.IGNORECASE)
+                except re.error as exc:
+                    yield f"route {route.name!r}: {kind} {pattern!r} is not a valid regex: {exc}"
     owners: dict[str, tuple[str, set[str]]] = {}
     for route_name, texts in [
         (table.default.name, table.default.utterances),
-        *((r.name, r.utterances) for r in table.routes),
+        *((r.name, r.examples()) for r in table.routes),
     ]:
         for text in texts:
             owners.setdefault(text.casefold(), (text, set()))[1].add(route_name)
@@ -177,9 +239,14 @@ def demo_table_path() -> Path:
     return Path(str(resources.files("gateway.routing").joinpath("demo", "routes.yaml")))
 
 
-def demo_eval_path() -> Path:
-    """The packaged labelled evaluation set of the demo table."""
-    return Path(str(resources.files("gateway.routing").joinpath("demo", "eval.jsonl")))
+def demo_tuning_path() -> Path:
+    """The demo table's labelled tuning set (thresholds are chosen on it)."""
+    return Path(str(resources.files("gateway.routing").joinpath("demo", "tuning.jsonl")))
+
+
+def demo_test_path() -> Path:
+    """The demo table's labelled test set: written apart from the table, never tuned on."""
+    return Path(str(resources.files("gateway.routing").joinpath("demo", "heldout.jsonl")))
 
 
 def read_table_source(where: str | Path) -> str:

@@ -207,6 +207,19 @@ BAD_TABLES = {
         TABLE.replace("adapter: pirate", "adapter: smollm2"),
         "not an adapter",
     ),
+    "unknown field": (TABLE.replace("threshold: 0.35", "threshold: 0.35\nfloor: 1"), "floor"),
+    "negative that does not compile": (
+        TABLE.replace("keywords: [ahoy]", "keywords: [ahoy]\n    negatives: ['ahoy(']"),
+        "negative 'ahoy(' is not a valid regex",
+    ),
+    "empty description": (
+        TABLE.replace("adapter: pirate", "adapter: pirate\n    description: '  '"),
+        "description: Value error, must not be empty",
+    ),
+    "context without a head": (
+        TABLE.replace("threshold: 0.35", "threshold: 0.35\ncontext: {turns: 2}"),
+        "context: reading earlier turns needs method head",
+    ),
 }
 
 
@@ -241,6 +254,137 @@ async def test_every_problem_of_a_table_is_listed_at_once(routed: httpx.AsyncCli
     )
     message = (await put_table(routed, shape)).json()["error"]["message"]
     assert "empty strings" in message and "threshold" in message
+    head = HEAD_TABLE.replace("rule_floor: 0.2", "rule_floor: -0.5").replace(
+        "negatives: ['\\bpirate radio\\b']", "negatives: ['pirate radio(', '[']"
+    )
+    message = (await put_table(routed, head)).json()["error"]["message"]
+    assert "rule_floor: -0.5 is not a probability" in message
+    assert "negative 'pirate radio(' is not a valid regex" in message
+    assert "negative '[' is not a valid regex" in message
+
+
+# A `head` table: probabilities, a rule floor, negatives and context. (No packaged
+# background: the default's utterances are enough here, and the table builds fast.)
+HEAD_TABLE = """\
+method: head
+threshold: 0.5
+rule_floor: 0.2
+head: {c: 4.0, background: none}
+context: {turns: 3}
+routes:
+  - name: sea
+    adapter: pirate
+    description: Sailing, ships and the sea as sailors meet it.
+    keywords: [pirate, ahoy]
+    negatives: ['\\bpirate radio\\b']
+    utterances:
+      - Tell me about sailing ships on the open ocean
+      - How do sailors navigate at sea?
+      - What is life like aboard a pirate ship?
+      - Explain how tides and waves affect a boat
+      - How do I tie a bowline knot on a sailboat?
+      - What is the history of the great age of sail?
+  - name: france
+    adapter: french@1
+    utterances:
+      - Tell me about Paris and the Eiffel Tower
+      - What is a classic French dish?
+      - How do I conjugate French verbs?
+      - What wine comes from Bordeaux?
+      - Who was Napoleon Bonaparte?
+default:
+  utterances:
+    - How do I sort a list in Python?
+    - What is the derivative of x squared?
+    - How do I fix a leaking faucet?
+    - Write a SQL query that counts orders per customer
+    - How do I set up a radio station playlist?
+    - What is a good budget for a family of four?
+    - Explain how vaccines work
+    - Recommend a thriller novel
+"""
+
+
+@pytest.fixture
+async def headed(client: httpx.AsyncClient) -> httpx.AsyncClient:
+    """The app's client with the head table in use."""
+    response = await put_table(client, HEAD_TABLE)
+    assert response.status_code == 200, response.text
+    assert response.json()["summary"]["method"] == "head"
+    return client
+
+
+async def test_a_head_table_scores_with_probabilities(
+    headed: httpx.AsyncClient, fake_state: FakeEngineState
+) -> None:
+    body = (await headed.post("/admin/classify", json={"text": SEA})).json()
+    assert body["route"] == "sea" and body["reason"] == "nearest"
+    # Probabilities over the routes, the default and the follow-up class.
+    assert set(body["scores"]) == {"sea", "france", "default", "(follow-up)"}
+    assert sum(body["scores"].values()) == pytest.approx(1.0, abs=1e-4)
+    assert next(t["route"] for t in body["top"]) == "sea"
+    assert "(follow-up)" not in [t["route"] for t in body["top"]]
+    assert body["top"][0]["score"] == body["confidence"] >= 0.5
+    assert body["explanation"].startswith("sea scores ")
+    served = await headed.post("/v1/chat/completions", json=chat(SEA))
+    assert served.headers["x-route"] == "sea" and served.headers["x-route-reason"] == "nearest"
+    assert float(served.headers["x-route-confidence"]) == pytest.approx(
+        body["confidence"], abs=1e-4
+    )
+
+
+async def test_a_negative_pattern_vetoes_a_keyword(
+    headed: httpx.AsyncClient, fake_state: FakeEngineState
+) -> None:
+    text = "Which pirate radio stations broadcast from ships in the 1960s?"
+    body = (await headed.post("/admin/classify", json={"text": text})).json()
+    assert body["rule"]["matched"] == "pirate" and body["rule"]["route"] == "sea"
+    assert "negative" in body["rule"]["vetoed"]
+    assert body["method"] != "rule"
+    served = await headed.post("/v1/chat/completions", json=chat(text))
+    assert served.headers["x-route-method"] != "rule"
+    assert "vetoed" in served.headers["x-route-rule"]
+
+
+async def test_a_keyword_needs_its_route_to_reach_the_rule_floor(
+    headed: httpx.AsyncClient, fake_state: FakeEngineState
+) -> None:
+    off = "Ahoy is a greeting; now sort this Python list of integers for me"
+    body = (await headed.post("/admin/classify", json={"text": off})).json()
+    assert body["scores"]["sea"] < 0.2
+    assert body["route"] == "default" and "under the rule floor 0.2" in body["rule"]["vetoed"]
+    on = "Ahoy! How do sailors navigate at sea at night?"
+    ruled = await headed.post("/v1/chat/completions", json=chat(on))
+    assert ruled.headers["x-route"] == "sea" and ruled.headers["x-route-method"] == "rule"
+    assert ruled.headers["x-route-reason"] == "keyword"
+    assert ruled.headers["x-route-rule"] == "keyword 'ahoy' of sea"
+    # The confidence of a checked rule is its route's probability, not a flat 1.
+    assert 0.2 <= float(ruled.headers["x-route-confidence"]) < 1.0
+
+
+async def test_a_follow_up_keeps_its_conversation_route(
+    headed: httpx.AsyncClient, fake_state: FakeEngineState
+) -> None:
+    follow_up = "and how long would that take?"
+    alone = (await headed.post("/admin/classify", json={"text": follow_up})).json()
+    assert alone["route"] == "default"
+    messages = [
+        {"role": "user", "content": "How do sailors cross the Atlantic on a small sailboat?"},
+        {"role": "assistant", "content": "They follow the trade winds from the Canaries."},
+        {"role": "user", "content": follow_up},
+    ]
+    body = (await headed.post("/admin/classify", json={"messages": messages})).json()
+    assert body["route"] == "sea" and body["reason"] == "context"
+    assert body["earlier"] == [messages[0]["content"]]
+    assert body["context_scores"]["sea"] == body["confidence"] >= 0.5
+    assert body["explanation"].startswith("a follow-up: the conversation scores sea")
+    served = await headed.post("/v1/chat/completions", json={"model": "auto", "messages": messages})
+    assert served.headers["x-route"] == "sea" and served.headers["x-route-reason"] == "context"
+    assert last_engine_model(fake_state) == "pirate--v1"
+    # A clear change of topic is not held to the conversation's route.
+    switched = [*messages[:2], {"role": "user", "content": OFF_TOPIC}]
+    body = (await headed.post("/admin/classify", json={"messages": switched})).json()
+    assert body["route"] == "default" and body["reason"] != "context"
 
 
 @pytest.mark.parametrize("body", [b"", b"   \n", b"\xff\xfe"])

@@ -15,7 +15,13 @@ from typer.testing import CliRunner, Result
 from gateway.cli import app
 from gateway.routing import embedder as embedder_module
 from gateway.routing.embedder import OnnxEmbedder, Vectors
-from gateway.routing.table import demo_eval_path, demo_table_path, parse_table, read_table_source
+from gateway.routing.table import (
+    demo_table_path,
+    demo_test_path,
+    demo_tuning_path,
+    parse_table,
+    read_table_source,
+)
 
 DEMO_LABELS = [r.name for r in parse_table(read_table_source("demo")).routes] + ["default"]
 
@@ -77,14 +83,14 @@ class Run:
 @pytest.fixture(scope="module")
 def human(loads: Loads, tmp_path_factory: pytest.TempPathFactory) -> Run:
     markdown = tmp_path_factory.mktemp("calibrate") / "r.md"
-    result = calibrate(str(demo_eval_path()), "--markdown", str(markdown))
+    result = calibrate(str(demo_tuning_path()), "--markdown", str(markdown))
     assert result.exit_code == 0, result.output
     return Run(result, markdown.read_text(encoding="utf-8"))
 
 
 @pytest.fixture(scope="module")
 def as_json(loads: Loads) -> dict[str, Any]:
-    result = calibrate(str(demo_eval_path()), "--json")
+    result = calibrate(str(demo_tuning_path()), "--json")
     assert result.exit_code == 0, result.output
     payload: dict[str, Any] = json.loads(result.stdout)
     return payload
@@ -92,15 +98,19 @@ def as_json(loads: Loads) -> dict[str, Any]:
 
 def test_json_report(as_json: dict[str, Any], loads: Loads) -> None:
     assert as_json["samples"] >= 300
-    assert as_json["accuracy"] >= 0.9
-    assert as_json["offtopic_to_adapter"] <= as_json["max_offtopic"] == 0.05
+    accuracy = as_json["accuracy"]
+    assert accuracy["value"] >= 0.9
+    assert accuracy["ci95"][0] < accuracy["value"] < accuracy["ci95"][1]
+    assert accuracy["total"] == as_json["samples"]
+    assert as_json["offtopic_to_adapter"]["value"] <= as_json["max_offtopic"] == 0.05
+    assert as_json["threshold"] is None  # the table's own thresholds
     assert as_json["labels"] == DEMO_LABELS
     confusion = as_json["confusion"]
     assert isinstance(confusion, list) and len(confusion) == len(DEMO_LABELS)
     assert all(len(row) == len(DEMO_LABELS) for row in confusion)
     assert sum(map(sum, confusion)) == as_json["samples"]
     diagonal = sum(confusion[i][i] for i in range(len(confusion)))
-    assert diagonal / as_json["samples"] == pytest.approx(as_json["accuracy"])
+    assert diagonal == accuracy["hits"]
     assert len(as_json["mistakes"]) == as_json["samples"] - diagonal
     assert [r["route"] for r in as_json["routes"]] == DEMO_LABELS
     assert len(as_json["sweep"]) == 101
@@ -111,15 +121,18 @@ def test_json_report(as_json: dict[str, Any], loads: Loads) -> None:
 
 def test_human_report_and_markdown(human: Run, as_json: dict[str, Any]) -> None:
     output = flat(human.result.stdout)
-    match = re.search(r"(\d+) prompts: accuracy (\d+\.\d)%", output)
+    match = re.search(r"(\d+) prompts at the table's thresholds: accuracy (\d+\.\d)%", output)
     assert match is not None, output
     assert int(match[1]) == as_json["samples"]
-    assert float(match[2]) == pytest.approx(100 * as_json["accuracy"], abs=0.05)
+    assert float(match[2]) == pytest.approx(100 * as_json["accuracy"]["value"], abs=0.05)
+    low, high = as_json["accuracy"]["ci95"]
+    assert f"95% CI {low:.1%}-{high:.1%}" in output
     assert "confusion matrix" in output
     assert "precision" in output and "recall" in output
 
     markdown = human.markdown
-    assert f"labelled set `{demo_eval_path().name}`" in markdown
+    assert f"labelled set `{demo_tuning_path().name}`" in markdown
+    assert "| kind | accuracy | prompts |" in markdown and "| multi_turn |" in markdown
     assert "| route | precision | recall | support | routed here |" in markdown
     for stats in as_json["routes"]:
         row = (
@@ -135,13 +148,13 @@ def test_human_report_and_markdown(human: Run, as_json: dict[str, Any]) -> None:
 
 def test_the_demo_table_is_the_default(as_json: dict[str, Any]) -> None:
     for table in ("demo", str(demo_table_path())):
-        result = calibrate(str(demo_eval_path()), "--json", "--table", table)
+        result = calibrate(str(demo_tuning_path()), "--json", "--table", table)
         assert result.exit_code == 0, result.output
         assert json.loads(result.stdout) == as_json
 
 
 def test_max_offtopic_reaches_the_report(loads: Loads, as_json: dict[str, Any]) -> None:
-    result = calibrate(str(demo_eval_path()), "--json", "--max-offtopic", "0")
+    result = calibrate(str(demo_tuning_path()), "--json", "--max-offtopic", "0")
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
     assert payload["max_offtopic"] == 0
@@ -183,7 +196,7 @@ def test_an_invalid_table_fails_cleanly(loads: Loads, tmp_path: Path) -> None:
         "    utterances: ['Talk like a pirate']\n",
         encoding="utf-8",
     )
-    result = calibrate(str(demo_eval_path()), "--table", str(table))
+    result = calibrate(str(demo_tuning_path()), "--table", str(table))
     assert result.exit_code == 1
     message = flat(result.stderr)
     assert "error: invalid route table" in message
@@ -193,7 +206,7 @@ def test_an_invalid_table_fails_cleanly(loads: Loads, tmp_path: Path) -> None:
 
 
 def test_a_missing_table_file_fails_cleanly(tmp_path: Path) -> None:
-    result = calibrate(str(demo_eval_path()), "--table", str(tmp_path / "none.yaml"))
+    result = calibrate(str(demo_tuning_path()), "--table", str(tmp_path / "none.yaml"))
     assert result.exit_code == 1
     assert "error: cannot read" in flat(result.stderr)
     assert "none.yaml" in flat(result.stderr)
@@ -202,9 +215,76 @@ def test_a_missing_table_file_fails_cleanly(tmp_path: Path) -> None:
 def test_bad_settings_fail_cleanly_before_loading_the_model(loads: Loads) -> None:
     before = len(loads.calls)
     result = CliRunner(env={"GATEWAY_ROUTING__THREADS": "0"}).invoke(
-        app, ["routes", "calibrate", str(demo_eval_path())]
+        app, ["routes", "calibrate", str(demo_tuning_path())]
     )
     assert result.exit_code == 2
     assert result.stderr.startswith("error: GATEWAY_ROUTING__THREADS: ")
     assert "Traceback" not in result.output
+    assert len(loads.calls) == before
+
+
+def evaluate(*args: str) -> Result:
+    return CliRunner().invoke(app, ["routes", "evaluate", *args])
+
+
+@pytest.fixture(scope="module")
+def assessed(loads: Loads, tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, str]:
+    markdown = tmp_path_factory.mktemp("evaluate") / "e.md"
+    result = evaluate(
+        "--tune",
+        str(demo_tuning_path()),
+        "--test",
+        str(demo_test_path()),
+        "--json",
+        "--markdown",
+        str(markdown),
+    )
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout), markdown.read_text(encoding="utf-8")
+
+
+def test_evaluate_chooses_on_the_tuning_set_and_measures_the_test_set(
+    assessed: tuple[Any, str], as_json: dict[str, Any]
+) -> None:
+    payload, markdown = assessed
+    tuning, test = payload["tuning"], payload["test"]
+    # The threshold is what the tuning set suggests under the 3% default limit ...
+    assert payload["threshold"] == tuning["suggested_threshold"]
+    assert tuning["max_offtopic"] == 0.03 and tuning["samples"] == as_json["samples"]
+    # ... and the test set is decided at that threshold, whatever it would suggest itself.
+    assert test["threshold"] == payload["threshold"]
+    point = next(p for p in test["sweep"] if p["threshold"] == payload["threshold"])
+    assert point["accuracy"] == pytest.approx(test["accuracy"]["value"])
+    assert test["samples"] >= 400 and test["samples"] != tuning["samples"]
+    assert set(test["kinds"]) >= {"on_topic", "off_topic", "near_miss", "multi_turn"}
+    assert f"threshold {payload['threshold']:.2f}, chosen on `tuning.jsonl`" in markdown
+    assert "Test set `heldout.jsonl`:" in markdown
+
+
+def test_evaluate_cross_validates_the_choice(assessed: tuple[Any, str]) -> None:
+    payload, markdown = assessed
+    folds = payload["folds"]
+    assert len(folds) == 2
+    assert sum(f["size"] for f in folds) == payload["tuning"]["samples"]
+    assert all(0.0 <= f["accuracy"] <= 1.0 for f in folds)
+    assert "2-fold cross-validation on the tuning set" in markdown
+
+
+def test_evaluate_refuses_one_set_for_both(loads: Loads) -> None:
+    before = len(loads.calls)
+    path = str(demo_tuning_path())
+    result = evaluate("--tune", path, "--test", path)
+    assert result.exit_code == 1
+    assert "must be different files" in flat(result.stderr)
+    assert len(loads.calls) == before
+
+
+def test_evaluate_refuses_sets_that_share_prompts(loads: Loads, tmp_path: Path) -> None:
+    before = len(loads.calls)
+    shared = '{"text": "Ahoy, where is the treasure?", "route": "pirate"}\n'
+    (tmp_path / "a.jsonl").write_text(shared + '{"text": "Sum 2 and 2", "route": "default"}\n')
+    (tmp_path / "b.jsonl").write_text(shared)
+    result = evaluate("--tune", str(tmp_path / "a.jsonl"), "--test", str(tmp_path / "b.jsonl"))
+    assert result.exit_code == 1
+    assert "1 prompts are in both sets" in flat(result.stderr)
     assert len(loads.calls) == before

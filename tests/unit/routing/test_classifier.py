@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from gateway.routing.classifier import REASONS, Decision, RouteIndex, request_text
+from gateway.routing.classifier import REASONS, Decision, Evidence, RouteIndex, request_text
 from gateway.routing.embedder import DIMENSIONS, Vectors
 from gateway.routing.table import RULE_TEXT_CHARS, RouteTable
 
@@ -106,37 +106,56 @@ def rule_index(*routes: dict[str, Any]) -> RouteIndex:
     return RouteIndex(table, empty_vectors(table))
 
 
+def ruled(index: RouteIndex, text: str) -> Decision | None:
+    """The decision of the rules alone (a table with no rule floor)."""
+    match = index.match_rules(text)
+    return None if match is None else index.conclude(Evidence({}, match))
+
+
 def test_keywords_match_whole_words_in_any_case() -> None:
     index = rule_index(route("pirate", keywords=["ship", "treasure map"]))
     for text in ["Board the SHIP now", "ship", "a ship.", "(ship)", "I LOVE THE TREASURE MAP"]:
-        decision = index.match_rules(text)
+        decision = ruled(index, text)
         assert decision is not None, text
-        assert decision == Decision("pirate", "pirate-adapter", 1.0, "rule", "keyword")
+        assert decision is not None
+        assert (decision.route, decision.adapter, decision.confidence) == (
+            "pirate",
+            "pirate-adapter",
+            1.0,
+        )
+        assert (decision.method, decision.reason) == ("rule", "keyword")
     for text in ["free shipping today", "relationship", "starship", "treasure maps", "treasure"]:
-        assert index.match_rules(text) is None, text
+        assert ruled(index, text) is None, text
 
 
 def test_keyword_phrases_need_the_whole_phrase() -> None:
     index = rule_index(route("pirate", keywords=["treasure map"]))
-    matched = index.match_rules("where is the TREASURE MAP?")
+    matched = ruled(index, "where is the TREASURE MAP?")
     assert matched is not None and matched.reason == "keyword"
-    assert index.match_rules("the treasure is on the map") is None
-    assert index.match_rules("treasure mapping") is None
+    assert ruled(index, "the treasure is on the map") is None
+    assert ruled(index, "treasure mapping") is None
 
 
 def test_keywords_with_regex_characters_are_literal() -> None:
     index = rule_index(route("code", keywords=["c++", "a.b"]))
-    assert index.match_rules("I write C++ daily") is not None
-    assert index.match_rules("axb") is None
-    assert index.match_rules("a.b") is not None
+    assert ruled(index, "I write C++ daily") is not None
+    assert ruled(index, "axb") is None
+    assert ruled(index, "a.b") is not None
 
 
 def test_patterns_search_in_any_case() -> None:
     index = rule_index(route("pirate", patterns=[r"\btalk like a pirate\b", r"arr+\b"]))
-    decision = index.match_rules("Please TALK LIKE A PIRATE for me")
-    assert decision == Decision("pirate", "pirate-adapter", 1.0, "rule", "pattern")
-    assert index.match_rules("ARRRR matey") is not None  # search, not match at the start
-    assert index.match_rules("talk like a pirates") is None
+    decision = ruled(index, "Please TALK LIKE A PIRATE for me")
+    assert decision is not None
+    assert (decision.route, decision.confidence, decision.method, decision.reason) == (
+        "pirate",
+        1.0,
+        "rule",
+        "pattern",
+    )
+    assert decision.rule is not None and decision.rule.matched == r"\btalk like a pirate\b"
+    assert ruled(index, "ARRRR matey") is not None  # search, not match at the start
+    assert ruled(index, "talk like a pirates") is None
 
 
 def test_first_route_in_table_order_wins() -> None:
@@ -144,21 +163,21 @@ def test_first_route_in_table_order_wins() -> None:
         route("first", keywords=["hello"]),
         route("second", keywords=["hello", "world"]),
     )
-    decision = index.match_rules("hello world")
+    decision = ruled(index, "hello world")
     assert decision is not None and decision.route == "first"
-    decision = index.match_rules("world")
+    decision = ruled(index, "world")
     assert decision is not None and decision.route == "second"
     reversed_index = rule_index(
         route("second", keywords=["hello", "world"]),
         route("first", keywords=["hello"]),
     )
-    decision = reversed_index.match_rules("hello world")
+    decision = ruled(reversed_index, "hello world")
     assert decision is not None and decision.route == "second"
 
 
 def test_a_route_pattern_before_a_later_route_keyword() -> None:
     index = rule_index(route("a", patterns=["^hi"]), route("b", keywords=["hi"]))
-    decision = index.match_rules("hi there")
+    decision = ruled(index, "hi there")
     assert decision is not None
     assert (decision.route, decision.reason, decision.method) == ("a", "pattern", "rule")
     assert decision.confidence == 1.0 and dict(decision.scores) == {}
@@ -166,20 +185,20 @@ def test_a_route_pattern_before_a_later_route_keyword() -> None:
 
 def test_keywords_of_one_route_are_checked_before_its_patterns() -> None:
     index = rule_index(route("a", keywords=["ahoy"], patterns=["ahoy"]))
-    decision = index.match_rules("ahoy")
+    decision = ruled(index, "ahoy")
     assert decision is not None and decision.reason == "keyword"
 
 
 def test_no_rules_no_match() -> None:
     index = rule_index(route("a"), route("b", keywords=["x"]))
-    assert index.match_rules("nothing here") is None
-    assert index.match_rules("") is None
+    assert ruled(index, "nothing here") is None
+    assert ruled(index, "") is None
 
 
 def test_rules_only_see_the_head_of_long_texts() -> None:
     index = rule_index(route("pirate", keywords=["ahoy"]))
-    assert index.match_rules("x " * 10 + "ahoy") is not None
-    assert index.match_rules("x" * RULE_TEXT_CHARS + " ahoy") is None
+    assert ruled(index, "x " * 10 + "ahoy") is not None
+    assert ruled(index, "x" * RULE_TEXT_CHARS + " ahoy") is None
 
 
 # -- embedding decisions -----------------------------------------------------------------

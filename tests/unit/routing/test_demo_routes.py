@@ -14,38 +14,40 @@ from gateway.config import DEFAULT_CACHE_DIR
 from gateway.routing.calibrate import (
     SWEEP,
     Report,
+    Sample,
     SweepPoint,
     evaluate,
+    gather,
     load_samples,
     suggest_threshold,
 )
-from gateway.routing.classifier import RouteIndex
+from gateway.routing.classifier import Decision, Evidence, RouteIndex, groups_of
 from gateway.routing.embedder import DIMENSIONS, OnnxEmbedder, Vectors, load_embedder
 from gateway.routing.table import (
     DEMO_TABLE,
     RouteTable,
-    demo_eval_path,
+    demo_test_path,
+    demo_tuning_path,
     parse_table,
     read_table_source,
 )
 
 
 @dataclass
-class BatchMemo:
-    """The real embedder; a batch already embedded (same texts, same order) is not redone.
-
-    Only whole batches are reused, so every vector is exactly what the embedder gives for
-    that batch: the table's utterances and the labelled set are each embedded once.
-    """
+class Memo:
+    """The real embedder; a text already embedded is not redone (each text is embedded by
+    itself, so a vector does not depend on the texts beside it)."""
 
     inner: OnnxEmbedder
-    batches: dict[tuple[str, ...], Vectors] = field(default_factory=dict)
+    vectors: dict[str, Vectors] = field(default_factory=dict)
 
     def embed(self, texts: list[str]) -> Vectors:
-        key = tuple(texts)
-        if key not in self.batches:
-            self.batches[key] = self.inner.embed(texts)
-        return self.batches[key]
+        missing = [t for t in dict.fromkeys(texts) if t not in self.vectors]
+        if missing:
+            self.vectors.update(zip(missing, self.inner.embed(missing), strict=True))
+        if not texts:
+            return np.zeros((0, DIMENSIONS), np.float32)
+        return np.stack([self.vectors[t] for t in texts])
 
 
 @dataclass(frozen=True)
@@ -53,101 +55,178 @@ class Demo:
     table: RouteTable
     rows: list[dict[str, object]]
     index: RouteIndex
+    samples: list[Sample]
+    evidence: list[Evidence]
     report: Report
-    embedder: BatchMemo
+    embedder: Memo
 
 
-def utterances_of(table: RouteTable) -> list[str]:
-    """Every utterance, in the order `RouteIndex.build` embeds them."""
-    texts = [text for route in table.routes for text in route.utterances]
-    return texts + table.default.utterances
+def examples_of(table: RouteTable) -> list[str]:
+    """Every example a route or the default is learned from (the packaged ones too)."""
+    return [text for _, texts in groups_of(table) for text in texts]
 
 
 def known_routes(table: RouteTable) -> list[str]:
     return [route.name for route in table.routes] + [table.default.name]
 
 
+def read_rows(path: Path) -> list[dict[str, object]]:
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
 @pytest.fixture(scope="module")
 def demo() -> Demo:
     table = parse_table(read_table_source(DEMO_TABLE))
-    lines = demo_eval_path().read_text(encoding="utf-8").splitlines()
-    rows = [json.loads(line) for line in lines if line.strip()]
-    embedder = BatchMemo(load_embedder(DEFAULT_CACHE_DIR))
+    embedder = Memo(load_embedder(DEFAULT_CACHE_DIR))
 
     async def embed_many(texts: list[str]) -> Vectors:
         return embedder.embed(texts)
 
     index = asyncio.run(RouteIndex.build(table, embed_many))
-    samples = load_samples(demo_eval_path(), known_routes(table))
-    report = evaluate(index, embedder, samples)
-    return Demo(table, rows, index, report, embedder)
+    samples = load_samples(demo_tuning_path(), known_routes(table))
+    evidence = gather(index, embedder, samples)
+    report = evaluate(index, samples, evidence, max_offtopic=0.03)
+    return Demo(table, read_rows(demo_tuning_path()), index, samples, evidence, report, embedder)
 
 
-def test_labelled_set_is_large_and_balanced(demo: Demo) -> None:
+def test_tuning_set_is_large_and_balanced(demo: Demo) -> None:
     table = demo.table
-    assert len(demo.rows) >= 300
-    assert len(demo.report.samples) == len(demo.rows)  # no line was dropped
+    assert len(demo.rows) >= 380
+    assert len(demo.samples) == len(demo.rows)  # no line was dropped
     counts = Counter(str(row["route"]) for row in demo.rows)
-    assert set(counts) <= set(known_routes(table))
-    adapter_routes = [name for name in counts if name != table.default.name]
-    assert len(adapter_routes) >= 4
-    assert all(counts[name] >= 50 for name in adapter_routes), counts
-    assert {route.name for route in table.routes} == set(adapter_routes)
-    assert counts[table.default.name] >= 80
+    assert set(counts) == set(known_routes(table))
+    assert all(counts[route.name] >= 60 for route in table.routes), counts
+    assert counts[table.default.name] >= 100
+    assert sum(1 for s in demo.samples if s.earlier) >= 50
 
 
-def test_labelled_set_has_no_duplicates(demo: Demo) -> None:
-    texts = [str(row["text"]).strip().casefold() for row in demo.rows]
-    assert len(set(texts)) == len(texts)
+def test_test_set_is_large_balanced_and_apart_from_the_tuning_set(demo: Demo) -> None:
+    rows = read_rows(demo_test_path())
+    samples = load_samples(demo_test_path(), known_routes(demo.table))
+    assert len(samples) == len(rows) >= 400
+    counts = Counter(s.route for s in samples)
+    assert all(counts[route.name] >= 60 for route in demo.table.routes), counts
+    assert counts[demo.table.default.name] >= 160
+    assert sum(1 for row in rows if row.get("kind") == "near_miss") >= 60
+    assert sum(1 for s in samples if s.earlier) >= 20
+    words = [len(s.text.split()) for s in samples if not s.earlier]
+    assert min(words) <= 3 and max(words) >= 40
+    tuning = {s.text.casefold() for s in demo.samples}
+    assert [s.text for s in samples if s.text.casefold() in tuning and not s.earlier] == []
 
 
-def test_labelled_set_repeats_no_table_utterance(demo: Demo) -> None:
-    utterances = {text.casefold() for text in utterances_of(demo.table)}
-    repeated = [s.text for s in demo.report.samples if s.text.casefold() in utterances]
-    assert repeated == []
+def test_labelled_sets_have_no_duplicates(demo: Demo) -> None:
+    for path in (demo_tuning_path(), demo_test_path()):
+        keys = [
+            (s.text.casefold(), s.earlier) for s in load_samples(path, known_routes(demo.table))
+        ]
+        assert len(set(keys)) == len(keys), path.name
 
 
-def test_labelled_set_paraphrases_no_table_utterance(demo: Demo) -> None:
-    utterances = utterances_of(demo.table)
-    samples = demo.report.samples
-    # The very batches the index and the evaluation embedded (reused, not recomputed).
-    table_vectors = demo.embedder.embed(utterances)
+def test_labelled_sets_repeat_no_example(demo: Demo) -> None:
+    examples = {text.casefold() for text in examples_of(demo.table)}
+    for path in (demo_tuning_path(), demo_test_path()):
+        samples = load_samples(path, known_routes(demo.table))
+        repeated = [s.text for s in samples if s.text.casefold() in examples]
+        assert repeated == [], path.name
+
+
+@pytest.mark.parametrize("which", ["tuning", "test"])
+def test_labelled_sets_paraphrase_no_example(demo: Demo, which: str) -> None:
+    """No labelled prompt is within 0.9 cosine of an example the table learns from."""
+    path = demo_tuning_path() if which == "tuning" else demo_test_path()
+    examples = examples_of(demo.table)
+    samples = [s for s in load_samples(path, known_routes(demo.table)) if not s.earlier]
+    example_vectors = demo.embedder.embed(examples)
     sample_vectors = demo.embedder.embed([s.text for s in samples])
-    assert table_vectors.shape == (len(utterances), DIMENSIONS)
-    assert len(demo.embedder.batches) == 2
-    similarities = sample_vectors @ table_vectors.T
+    similarities = sample_vectors @ example_vectors.T
     nearest = similarities.argmax(axis=1)
     too_close = [
-        (round(float(similarities[i, j]), 3), samples[i].text, utterances[j])
+        (round(float(similarities[i, j]), 3), samples[i].text, examples[j])
         for i, j in enumerate(nearest)
         if similarities[i, j] >= 0.90
     ]
     assert too_close == []
 
 
-def test_demo_table_routes_the_labelled_set_well(demo: Demo) -> None:
+def test_demo_table_routes_the_tuning_set_well(demo: Demo) -> None:
     report = demo.report
     assert report.labels == known_routes(demo.table)
-    assert report.max_offtopic == 0.05
-    assert report.accuracy >= 0.90, report.confusion
-    assert report.offtopic_to_adapter <= 0.05, report.confusion
+    assert report.accuracy.value >= 0.92, report.confusion
+    assert report.offtopic.value <= 0.03, report.confusion
     # No route overrides the table's threshold, so the sweep point at that threshold is
     # the evaluation itself.
     assert all(route.threshold is None for route in demo.table.routes)
     point = next(p for p in report.sweep if p.threshold == demo.table.threshold)
-    assert point.accuracy == pytest.approx(report.accuracy)
-    assert point.offtopic_to_adapter == pytest.approx(report.offtopic_to_adapter)
+    assert point.accuracy == pytest.approx(report.accuracy.value)
+    assert point.offtopic_to_adapter == pytest.approx(report.offtopic.value)
+    # The table's threshold is the one its tuning set suggests.
+    assert report.suggested_threshold == demo.table.threshold
 
 
 def test_decisions_are_the_index_decisions(demo: Demo) -> None:
     report = demo.report
-    vectors = demo.embedder.embed([s.text for s in report.samples])
-    for sample, vector, decision in zip(report.samples, vectors, report.decisions, strict=True):
-        expected = demo.index.match_rules(sample.text) or demo.index.decide(vector)
-        assert decision.route == expected.route
+    for sample, evidence, decision in zip(
+        demo.samples, demo.evidence, report.decisions, strict=True
+    ):
+        vector = demo.embedder.embed([sample.text])[0]
+        rule = demo.index.match_rules(sample.text)
+        assert evidence.rule == rule
+        assert dict(evidence.scores) == demo.index.scores(vector, sample.text)
+        assert decision == demo.index.conclude(evidence)
     assert [s for s, _ in report.mistakes] == [
         s for s, d in zip(report.samples, report.decisions, strict=True) if s.route != d.route
     ]
+
+
+def test_follow_ups_keep_their_conversation_route(demo: Demo) -> None:
+    chats = [(s, d) for s, d in zip(demo.samples, demo.report.decisions, strict=True) if s.earlier]
+    by_context = [(s, d) for s, d in chats if d.reason == "context"]
+    assert len(by_context) >= 20
+    assert sum(s.route == d.route for s, d in by_context) / len(by_context) >= 0.9
+    assert sum(s.route == d.route for s, d in chats) / len(chats) >= 0.85
+
+
+def decide(demo: Demo, *texts: str) -> list[Decision]:
+    samples = [Sample(text, "default") for text in texts]
+    return [demo.index.conclude(e) for e in gather(demo.index, demo.embedder, samples)]
+
+
+# Written for these tests: words of a route's keywords used in another sense.
+KEYWORD_NEAR_MISSES = (
+    "Is a saloon car or an estate car better for a family of five?",
+    "Which pirate radio stations are still broadcasting online?",
+    "The cowboy builders who did my extension left cracks everywhere. What are my rights?",
+    "Is pirated software really that risky to install on a work laptop?",
+    "How do I fit a lasso regression with cross-validation in scikit-learn?",
+    "Can you recommend an anime like Cowboy Bebop?",
+)
+
+
+@pytest.mark.parametrize("text", KEYWORD_NEAR_MISSES)
+def test_keyword_rules_do_not_route_near_misses(demo: Demo, text: str) -> None:
+    (decision,) = decide(demo, text)
+    assert decision.route == demo.table.default.name, decision
+    if decision.rule is not None:  # a keyword matched: it was vetoed, and says why
+        assert decision.rule.vetoed
+
+
+# Written for these tests: ordinary questions about a sport, no hype, no keyword.
+PLAIN_SPORTS_QUESTIONS = (
+    "How does the NBA draft lottery decide the order of picks?",
+    "What is the offside rule in football?",
+    "How should I structure a twelve-week training plan for a half marathon?",
+    "How many players does a baseball team have on the field?",
+    "Explain leg before wicket in cricket.",
+    "Which tennis players have won the most Grand Slam titles?",
+)
+
+
+@pytest.mark.parametrize("text", PLAIN_SPORTS_QUESTIONS)
+def test_plain_sports_questions_reach_the_sports_route(demo: Demo, text: str) -> None:
+    (decision,) = decide(demo, text)
+    assert decision.route == "shout", decision
 
 
 def test_confusion_matrix_agrees_with_accuracy(demo: Demo) -> None:
@@ -156,7 +235,9 @@ def test_confusion_matrix_agrees_with_accuracy(demo: Demo) -> None:
     n = len(report.samples)
     assert matrix.shape == (len(report.labels), len(report.labels))
     assert int(matrix.sum()) == n
-    assert int(np.trace(matrix)) / n == pytest.approx(report.accuracy)
+    assert int(np.trace(matrix)) / n == pytest.approx(report.accuracy.value)
+    assert report.accuracy.hits == int(np.trace(matrix)) and report.accuracy.total == n
+    assert report.accuracy.low < report.accuracy.value < report.accuracy.high
     assert len(report.mistakes) == n - int(np.trace(matrix))
     truth = Counter(s.route for s in report.samples)
     routed = Counter(d.route for d in report.decisions)
@@ -165,7 +246,7 @@ def test_confusion_matrix_agrees_with_accuracy(demo: Demo) -> None:
         assert int(matrix[:, i].sum()) == routed[label]
     default = report.labels.index(demo.table.default.name)
     offtopic = 1 - matrix[default, default] / matrix[default].sum()
-    assert float(offtopic) == pytest.approx(report.offtopic_to_adapter)
+    assert float(offtopic) == pytest.approx(report.offtopic.value)
 
 
 def test_precision_and_recall_agree_with_the_confusion_matrix(demo: Demo) -> None:
@@ -192,8 +273,7 @@ def test_suggested_threshold_meets_the_offtopic_limit(demo: Demo) -> None:
     assert point.offtopic_to_adapter <= report.max_offtopic
     allowed = [p for p in report.sweep if p.offtopic_to_adapter <= report.max_offtopic]
     assert point.accuracy == max(p.accuracy for p in allowed)
-    # A threshold of 0 sends every unmatched prompt to an adapter unless the default is
-    # nearer; 1 sends every unmatched prompt to the default route.
+    # A threshold of 1 sends every prompt no rule decides to the default route.
     assert report.sweep[-1].offtopic_to_adapter <= report.sweep[0].offtopic_to_adapter
 
 
@@ -250,10 +330,10 @@ GOOD = json.dumps({"text": "Ahoy there", "route": "pirate"})
     ("bad", "message"),
     [
         ('{"text": "unterminated', "line 3: not JSON"),
-        (json.dumps({"route": "pirate"}), 'line 3: needs a non-empty "text" and a "route"'),
+        (json.dumps({"route": "pirate"}), 'line 3: needs a non-empty "text" or "messages"'),
         (json.dumps({"text": "   ", "route": "pirate"}), "line 3: needs a non-empty"),
         (json.dumps({"text": "hello"}), "line 3: needs a non-empty"),
-        (json.dumps(["hello", "pirate"]), "line 3: needs a non-empty"),
+        (json.dumps(["hello", "pirate"]), "line 3: not an object"),
         (json.dumps({"text": "hello", "route": "cowboy"}), "line 3: route 'cowboy' is not in"),
     ],
 )

@@ -247,7 +247,7 @@ REFUSALS: dict[str, tuple[str, str]] = {
     ),
     "an unknown method": (
         "method: svm\nroutes:\n" + route_yaml("pirate", "pirate", "ahoy"),
-        "method: Input should be 'knn' or 'centroid'",
+        "method: Input should be 'head', 'knn' or 'centroid'",
     ),
     "an upper-case route name": (
         "routes:\n" + route_yaml("Pirate", "pirate", "ahoy"),
