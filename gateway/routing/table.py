@@ -246,7 +246,7 @@ def demo_tuning_path() -> Path:
 
 def demo_test_path() -> Path:
     """The demo table's labelled test set: written apart from the table, never tuned on."""
-    return Path(str(resources.files("gateway.routing").joinpath("demo", "heldout.jsonl")))
+    return Path(str(resources.files("gateway.routing").joinpath("demo", "test.jsonl")))
 
 
 def read_table_source(where: str | Path) -> str:

@@ -167,7 +167,27 @@ AUTO_PROMPTS = {
 OFF_TOPIC = (
     "How do I compute the median of a list in Python?",
     "What is a good way to save for retirement?",
+    # A route's keyword in another sense: the table's negative pattern rules it out.
+    "My neighbour hired cowboy builders and now the roof leaks. What can I do legally?",
 )
+# Chats written for this test: the last message alone names no topic; the conversation does.
+FOLLOW_UPS = {
+    "pirate": (
+        "I'm planning to sail a small boat from Lisbon to the Canary Islands next spring.",
+        "It is about 600 nautical miles; most crews ride the trade winds south.",
+        "how many days would that take?",
+    ),
+    "cowboy": (
+        "I'm reading about the cattle drives from Texas to Kansas in the 1870s.",
+        "They lasted months, a dozen riders moving thousands of longhorns north.",
+        "what did they eat along the way?",
+    ),
+    "french": (
+        "We are visiting Lyon and then Marseille in June.",
+        "Lovely: Lyon for its bouchons, Marseille for the old port.",
+        "what should we eat there?",
+    ),
+}
 
 
 def post_auto(gateway: GatewayProcess, prompt: str) -> httpx.Response:
@@ -207,6 +227,29 @@ def test_auto_sends_off_topic_prompts_to_the_base_model(gateway: GatewayProcess)
         assert classify_style(text) == "base", (prompt, text)
     metrics = httpx.get(f"{gateway.url}/metrics", timeout=10).text
     assert 'gateway_route_decisions_total{method="fallback",route="default"}' in metrics
+
+
+@pytest.mark.parametrize("route", sorted(FOLLOW_UPS))
+def test_auto_follow_ups_keep_their_conversation_route(gateway: GatewayProcess, route: str) -> None:
+    first, reply, follow_up = FOLLOW_UPS[route]
+    alone = post_auto(gateway, follow_up)
+    assert alone.headers["x-route"] == "default", dict(alone.headers)
+    messages = [
+        {"role": "user", "content": first},
+        {"role": "assistant", "content": reply},
+        {"role": "user", "content": follow_up},
+    ]
+    response = httpx.post(
+        f"{gateway.url}/v1/chat/completions",
+        json={"model": "auto", "messages": messages, "temperature": 0, "max_tokens": 48},
+        timeout=120,
+    )
+    assert response.status_code == 200, response.text
+    assert response.headers["x-route"] == route, dict(response.headers)
+    assert response.headers["x-route-reason"] == "context"
+    assert response.headers["x-adapter"] == f"{route}@1"
+    text = response.json()["choices"][0]["message"]["content"]
+    assert classify_style(text) == route, (messages, text)
 
 
 def test_auto_streams_with_the_route_headers(gateway: GatewayProcess) -> None:

@@ -14,10 +14,12 @@ from gateway.routing.embedder import (
     ModelMissing,
     OnnxEmbedder,
     Vectors,
+    fused_model_path,
     load_embedder,
     packaged_files,
     prepare_model,
 )
+from gateway.routing.export import export_fused
 
 # Four sentences on each of five topics, varied in length and register; the fidelity and
 # ranking checks run on these. Under the float32 reference every sentence's nearest
@@ -71,10 +73,27 @@ def neighbour_margins(vectors: Vectors) -> Vectors:
     return margins
 
 
-@pytest.fixture(scope="module")
-def embedder() -> OnnxEmbedder:
-    """The gateway's embedder, prepared once into the shared default cache."""
-    return load_embedder(DEFAULT_CACHE_DIR)
+@pytest.fixture(scope="module", params=["fused", "rewrite"])
+def embedder(request: pytest.FixtureRequest) -> OnnxEmbedder:
+    """Both models the gateway may run: the fused export (`scripts/setup.sh` builds it into
+    the shared default cache) and the rewrite of the packaged export (the fallback)."""
+    files = packaged_files()
+    if request.param == "fused":
+        path = export_fused(DEFAULT_CACHE_DIR)
+    else:
+        path = prepare_model(files.onnx, DEFAULT_CACHE_DIR / "classifier", files.sha256)
+    return OnnxEmbedder(path, files.tokenizer)
+
+
+def test_the_gateway_runs_the_fused_model_once_it_is_built(tmp_path: Path) -> None:
+    fused = fused_model_path(DEFAULT_CACHE_DIR)
+    assert fused.is_file(), "scripts/setup.sh builds it"
+    assert load_embedder(DEFAULT_CACHE_DIR)._model_path == fused
+    # Without it, the rewrite of the packaged export.
+    files = packaged_files()
+    fallback = load_embedder(tmp_path)._model_path
+    assert fallback.parent == tmp_path / "classifier" and fallback != fused_model_path(tmp_path)
+    assert files.sha256 is not None and files.sha256[:16] in fallback.name
 
 
 @pytest.fixture(scope="module")
