@@ -126,23 +126,29 @@ def apply(
 
 @routes_app.command()
 def classify(
-    text: Annotated[str, typer.Argument(help="The text to route.")],
+    text: Annotated[str, typer.Argument(help="The text to route (a chat's last message).")],
+    earlier: Annotated[
+        list[str] | None,
+        typer.Option("--earlier", help="An earlier user turn of the chat (repeat, oldest first)."),
+    ] = None,
     url: Url = DEFAULT_URL,
     admin_key: AdminKey = None,
     as_json: AsJson = False,
 ) -> None:
-    """Where a text would be routed, with every route's similarity."""
-    payload = request(url, admin_key, "POST", "/admin/classify", body={"text": text}).json()
-    scores = Table("route", "similarity")
-    for name, score in sorted(payload["scores"].items(), key=lambda kv: -kv[1]):
-        scores.add_row(escape(name), f"{score:.3f}")
+    """Where a text would be routed, why, and every route's score."""
+    body: Json = {"text": text}
+    if earlier:
+        turns = [{"role": "user", "content": turn} for turn in earlier]
+        body = {"messages": [*turns, {"role": "user", "content": text}]}
+    payload = request(url, admin_key, "POST", "/admin/classify", body=body).json()
+    scores = Table("route", "score", title="top routes")
+    for entry in payload["top"]:
+        scores.add_row(escape(entry["route"]), f"{entry['score']:.3f}")
     adapter = payload["adapter"] or "base model"
     line = (
-        f"{payload['route']} ({adapter}): {payload['method']}, {payload['reason']}, "
-        f"confidence {payload['confidence']:.3f}"
+        f"{payload['route']} ({adapter}): {payload['method']}, {payload['reason']}: "
+        f"{escape(payload['explanation'])}"
     )
-    if payload["threshold"] is not None:
-        line += f", threshold {payload['threshold']:.2f}"
     emit(payload, as_json, line, scores)
 
 
