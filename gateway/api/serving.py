@@ -301,7 +301,7 @@ def decision_headers(decision: Decision) -> dict[str, str]:
     }
     if decision.rule is not None:
         # Header values are ASCII: anything else in a keyword is percent-encoded.
-        headers["x-route-rule"] = quote(decision.rule.describe(), safe=" '():;,.=!?*+-_/\\")
+        headers["x-route-rule"] = quote(decision.rule.describe(), safe=" '()[]{}|^$:;,.=!?*+-_/\\")
     return headers
 
 

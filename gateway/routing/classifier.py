@@ -80,7 +80,7 @@ class RuleMatch:
 
     def describe(self) -> str:
         """One line, e.g. `keyword 'treasure map'` or `pattern '...' (vetoed: ...)`."""
-        line = f"{self.kind} {self.matched!r} of {self.route}"
+        line = f"{self.kind} '{self.matched}' of {self.route}"
         return line if self.vetoed is None else f"{line} (vetoed: {self.vetoed})"
 
 
@@ -275,7 +275,7 @@ class RouteIndex:
             negative = next((n for n in rules.negatives if n.search(head)), None)
             if negative is None:
                 return match
-            vetoed = vetoed or replace(match, vetoed=f"negative {negative.pattern!r} matched")
+            vetoed = vetoed or replace(match, vetoed=f"negative '{negative.pattern}' matched")
         return vetoed
 
     def scores(self, vector: Vectors, text: str = "") -> dict[str, float]:

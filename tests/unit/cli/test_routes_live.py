@@ -20,7 +20,7 @@ routes:
   - name: sea
     adapter: pirate
     keywords: [ahoy]
-    negatives: ['\\\\bahoy, landlubber\\\\b']
+    negatives: ['\\bahoy, landlubber\\b']
     utterances:
       - Tell me about sailing ships on the open ocean
       - How do sailors navigate at sea?
@@ -53,6 +53,9 @@ def test_apply_then_classify_explains_the_decision(gateway_url: str, tmp_path: P
 
     ruled = json.loads(routes(gateway_url, "classify", "ahoy, how do I sail?", "--json"))
     assert ruled["method"] == "rule" and ruled["rule"]["matched"] == "ahoy"
+    negated = json.loads(routes(gateway_url, "classify", "Ahoy, landlubber! Hi.", "--json"))
+    assert negated["rule"]["vetoed"] == "negative '\\bahoy, landlubber\\b' matched"
+    assert negated["route"] == "default"
 
     follow_up = "and how long would that take?"
     alone = json.loads(routes(gateway_url, "classify", follow_up, "--json"))
