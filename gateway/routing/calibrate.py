@@ -324,7 +324,8 @@ def assess(
     )
     results: list[Fold] = []
     for held in folds_of(tuning, folds) if folds > 1 else []:
-        rest = [i for i in range(len(tuning)) if i not in set(held)]
+        held_set = set(held)
+        rest = [i for i in range(len(tuning)) if i not in held_set]
         fitted = evaluate(
             index,
             [tuning[i] for i in rest],

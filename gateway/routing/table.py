@@ -5,10 +5,10 @@ A table is YAML (JSON is YAML too):
 ```yaml
 method: head             # head: a learned classifier over the embeddings (probabilities);
                          # knn: mean of the k best utterance similarities; centroid
-threshold: 0.5           # a route must score at least this much (routes may override)
-rule_floor: 0.02         # a keyword or pattern counts only if its route scores this much
-head: {c: 4.0, background: builtin, lexical: 1.0}
-context: {turns: 3}      # earlier user turns a follow-up is read with (0: none)
+threshold: 0.66          # a route must score at least this much (routes may override)
+rule_floor: 0.3          # a keyword or pattern counts only if its route scores this much
+head: {c: 4.0, background: builtin, lexical: 2.0}   # lexical: character n-grams' weight
+context: {turns: 3}      # earlier user turns a follow-up is read with (0, the default: none)
 default:                 # everything else: the base model, no adapter
   name: default
   utterances: [...]      # optional: examples of what belongs to the base model
@@ -18,7 +18,7 @@ routes:
     description: The sea and seafaring.     # optional; an example too
     keywords: [ahoy]     # whole words or phrases, any case
     patterns: ['\\btalk like a pirate\\b']   # regexes, searched case-insensitively
-    negatives: ['\\bpirate radio\\b']        # no rule of the route counts when one matches
+    negatives: ['\\bpirate radio\\b']        # when one matches, the route is ruled out
     utterances: [...]    # example requests (at least one)
 ```
 
@@ -70,7 +70,7 @@ class RouteSpec(BaseModel):
     utterances: list[str] = Field(min_length=1, max_length=2000)
     keywords: list[str] = Field(default_factory=list, max_length=500)
     patterns: list[str] = Field(default_factory=list, max_length=100)
-    # Regexes: when one matches, no keyword or pattern of this route counts.
+    # Regexes: when one matches, the route is ruled out (its rules and its score).
     negatives: list[str] = Field(default_factory=list, max_length=200)
     threshold: float | None = Field(default=None, ge=-1.0, le=1.0)
 

@@ -17,9 +17,11 @@ from gateway.routing.calibrate import (
     Sample,
     SweepPoint,
     evaluate,
+    folds_of,
     gather,
     load_samples,
     suggest_threshold,
+    wilson,
 )
 from gateway.routing.classifier import Decision, Evidence, RouteIndex, groups_of
 from gateway.routing.embedder import DIMENSIONS, OnnxEmbedder, Vectors, load_embedder
@@ -311,6 +313,25 @@ def test_suggest_threshold_takes_the_middle_of_the_widest_run() -> None:
         ]
     )
     assert suggest_threshold(sweep, 0.05) == 0.41
+
+
+def test_wilson_intervals() -> None:
+    # Wilson's score interval for 90/100 at 95%: (0.8256, 0.9448), by the textbook formula.
+    interval = wilson(90, 100)
+    assert (interval.low, interval.high) == pytest.approx((0.8256, 0.9448), abs=1e-4)
+    assert interval.value == 0.9 and (interval.hits, interval.total) == (90, 100)
+    # It stays inside [0, 1] at the edges, where a normal approximation would not.
+    assert wilson(0, 20).low == 0.0 and 0.0 < wilson(0, 20).high < 0.2
+    assert wilson(20, 20).high == pytest.approx(1.0) and wilson(20, 20).low > 0.8
+    assert (wilson(0, 0).low, wilson(0, 0).high) == (0.0, 1.0)
+
+
+def test_folds_are_stratified_by_route() -> None:
+    samples = [Sample(f"t{i}", route) for i, route in enumerate(["a"] * 6 + ["b"] * 4)]
+    folds = folds_of(samples, 2)
+    assert sorted(i for fold in folds for i in fold) == list(range(10))
+    for fold in folds:
+        assert Counter(samples[i].route for i in fold) == {"a": 3, "b": 2}
 
 
 def test_suggest_threshold_is_none_when_nothing_meets_the_limit() -> None:
