@@ -7,7 +7,7 @@ from many unrelated domains (the default route as "everything else"), and, when 
 reads context, a packaged set of topic-free follow-ups ("and the next one?") as a class of
 its own. Classes are balanced (each weighs the same in the loss whatever its size), so the
 large background does not drown the routes. The probabilities sum to one across the routes,
-the default and the follow-up class; a threshold on them means the same on every table.
+the default and the follow-up class, so a threshold on them reads the same way on any table.
 
 Beside the sentence embedding, the head reads the text's character n-grams (2 to 5
 characters within words, TF-IDF weighted, scaled by `lexical`): names and terms of art (a
