@@ -457,10 +457,11 @@ async def classify(
     except Overloaded:
         return index.fallback("overloaded")
     evidence = index.evidence(vector, rule, text=text)
+    decision = index.conclude(evidence)
     earlier = index.earlier_to_read(evidence, conversation.earlier)
     # The earlier turns matter only when the last message alone reaches no route.
-    if earlier and index.conclude(evidence).method == "fallback":
+    if earlier and decision.method == "fallback":
         with contextlib.suppress(Overloaded):
             before = await vectors_of(list(earlier))
-            evidence = index.in_context(evidence, vector, before, (*earlier, text))
-    return index.conclude(evidence)
+            decision = index.conclude(index.in_context(evidence, vector, before, (*earlier, text)))
+    return decision

@@ -163,8 +163,10 @@ def test_demo_table_routes_the_tuning_set_well(demo: Demo) -> None:
     point = next(p for p in report.sweep if p.threshold == demo.table.threshold)
     assert point.accuracy == pytest.approx(report.accuracy.value)
     assert point.offtopic_to_adapter == pytest.approx(report.offtopic.value)
-    # The table's threshold is the one its tuning set suggests.
-    assert report.suggested_threshold == demo.table.threshold
+    # The table's threshold is the one its tuning set suggests (int8 embeddings differ a
+    # little from one CPU kind to another, and with them the suggestion by a step or two).
+    assert report.suggested_threshold is not None
+    assert abs(report.suggested_threshold - demo.table.threshold) <= 0.03
 
 
 def test_decisions_are_the_index_decisions(demo: Demo) -> None:
