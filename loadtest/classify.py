@@ -196,7 +196,7 @@ def main(
     results["batch1_via_batcher"] = asyncio.run(
         through_batcher(index, embedder, samples, 1, len(samples) * rounds)
     )
-    results["model"] = embedder._model_path.name
+    results["model"] = embedder.model_path.name
     if compare_packaged:
         files = packaged_files()
         rewrite = prepare_model(files.onnx, DEFAULT_CACHE_DIR / "classifier", files.sha256)

@@ -172,6 +172,7 @@ def _local_index(route_table: RouteTable) -> tuple[RouteIndex, Embedder]:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from gateway.routing.classifier import RouteIndex
     from gateway.routing.embedder import ModelMissing, load_embedder
+    from gateway.routing.vectorcache import cached
 
     settings = load_settings()
     routing = settings.routing
@@ -186,8 +187,10 @@ def _local_index(route_table: RouteTable) -> tuple[RouteIndex, Embedder]:
     except (ModelMissing, OSError) as exc:
         fail(str(exc))
 
+    examples = cached(embedder, settings.cache_dir)
+
     async def embed_many(texts: list[str]) -> Vectors:
-        return embedder.embed(texts)
+        return examples.embed(texts)
 
     return asyncio.run(RouteIndex.build(route_table, embed_many)), embedder
 

@@ -239,6 +239,7 @@ class RouteIndex:
                 c=table.head.c,
                 texts=[examples for _, examples in groups],
                 lexical=table.head.lexical,
+                words=table.head.words,
             )
 
         head = fit() if train is None else await train(fit)

@@ -119,7 +119,8 @@ class OnnxEmbedder:
         from tokenizers import Tokenizer
 
         self.max_tokens = min(max_tokens, MAX_MODEL_TOKENS)
-        self._model_path = model
+        self.model_path = model
+        self.tokenizer_path = tokenizer
         self._tokenizer = Tokenizer.from_file(str(tokenizer))
         self._tokenizer.enable_truncation(self.max_tokens)
         # The shipped tokenizer.json pads every text to 128 tokens; one text needs none.

@@ -13,7 +13,9 @@ Beside the sentence embedding, the head reads the text's character n-grams (2 to
 characters within words, TF-IDF weighted, scaled by `lexical`): names and terms of art (a
 cheese, a rodeo event, an instrument) that the small embedding model blurs together are
 spelled out there. On the demo tuning set this lifted accuracy at the same off-topic rate
-by about four points in 2- and 5-fold cross-validation (docs/routing.md).
+by about four points in 2- and 5-fold cross-validation (docs/routing.md). With `words` > 0
+it also reads the text's words and word pairs (TF-IDF, scaled by `lexical * words`): whole
+terms ("franchise tag", "remuda") weigh as one feature instead of a dozen shared n-grams.
 """
 
 from __future__ import annotations
@@ -77,25 +79,28 @@ class Head:
     classes: tuple[str, ...]
     weights: npt.NDArray[np.float32]  # (classes, dimensions)
     bias: npt.NDArray[np.float32]  # (classes,)
-    lexicon: Lexicon | None = None
+    # The text's n-gram parts: characters, then (if the table reads them) words.
+    lexicons: tuple[Lexicon, ...] = ()
 
     def probabilities(self, vector: Vectors, text: str = "") -> dict[str, float]:
         """Every class's probability for one text's unit vector (and its text)."""
         logits = self.weights @ vector + self.bias
-        if self.lexicon is not None:
-            logits = logits + self.lexicon.logits(text)
+        for lexicon in self.lexicons:
+            logits = logits + lexicon.logits(text)
         logits = logits - logits.max()
         exp = np.exp(logits)
         values = exp / exp.sum()
         return {name: float(p) for name, p in zip(self.classes, values, strict=True)}
 
 
-def vectorizer_of(texts: Sequence[str]) -> Any:
-    """The character n-gram TF-IDF vectoriser fitted on `texts`."""
+def vectorizer_of(texts: Sequence[str], analyzer: str = "char_wb") -> Any:
+    """The TF-IDF vectoriser fitted on `texts`: character n-grams (2 to 5 within words) or,
+    with `analyzer="word"`, words and word pairs."""
     from sklearn.feature_extraction.text import TfidfVectorizer
 
+    ngrams = (1, 2) if analyzer == "word" else (2, 5)
     vectorizer = TfidfVectorizer(
-        analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True, dtype=np.float32
+        analyzer=analyzer, ngram_range=ngrams, sublinear_tf=True, dtype=np.float32
     )
     return vectorizer.fit(texts)
 
@@ -106,9 +111,11 @@ def train_head(
     c: float,
     texts: Sequence[Sequence[str]] | None = None,
     lexical: float = 0.0,
+    words: float = 0.0,
 ) -> Head:
     """Fit the head on `(class, vectors)` groups (at least two non-empty classes); with
-    `lexical` > 0, also on the character n-grams of `texts` (one list per group)."""
+    `lexical` > 0, also on the character n-grams of `texts` (one list per group) and, with
+    `words` > 0, on their words and word pairs (weighted `lexical * words`)."""
     from scipy import sparse
     from sklearn.linear_model import LogisticRegression
 
@@ -117,15 +124,17 @@ def train_head(
         raise ValueError("the head needs examples of at least two classes")
     dense = np.concatenate([groups[i][1] for i in kept])
     labels = np.concatenate([np.full(len(groups[i][1]), i) for i in kept])
-    vectorizer = None
+    parts: list[tuple[Any, float]] = []  # (fitted vectoriser, weight)
     features: Any = dense
     if lexical > 0.0:
         if texts is None:
             raise ValueError("lexical features need the texts")
         corpus = [text for i in kept for text in texts[i]]
-        vectorizer = vectorizer_of(corpus)
-        grams = vectorizer.transform(corpus) * lexical
-        features = sparse.hstack([sparse.csr_matrix(dense), grams]).tocsr()
+        parts.append((vectorizer_of(corpus), lexical))
+        if words > 0.0:
+            parts.append((vectorizer_of(corpus, "word"), lexical * words))
+        grams = [vectorizer.transform(corpus) * weight for vectorizer, weight in parts]
+        features = sparse.hstack([sparse.csr_matrix(dense), *grams]).tocsr()
     model = LogisticRegression(C=c, class_weight="balanced", max_iter=5000)
     model.fit(features, labels)
     order = [groups[int(i)][0] for i in model.classes_]
@@ -136,12 +145,17 @@ def train_head(
         coef = np.stack([np.zeros_like(coef[0]), coef[0]])
         bias = np.array([0.0, bias[0]], dtype=np.float32)
     width = dense.shape[1]
-    lexicon = None
-    if vectorizer is not None:
-        lexicon = Lexicon(
-            vectorizer.build_analyzer(),
-            vectorizer.vocabulary_,
-            np.asarray(vectorizer.idf_, dtype=np.float32),
-            np.ascontiguousarray((coef[:, width:] * lexical).T),
+    lexicons: list[Lexicon] = []
+    start = width
+    for vectorizer, weight in parts:
+        end = start + len(vectorizer.vocabulary_)
+        lexicons.append(
+            Lexicon(
+                vectorizer.build_analyzer(),
+                vectorizer.vocabulary_,
+                np.asarray(vectorizer.idf_, dtype=np.float32),
+                np.ascontiguousarray((coef[:, start:end] * weight).T),
+            )
         )
-    return Head(tuple(order), coef[:, :width], bias, lexicon)
+        start = end
+    return Head(tuple(order), coef[:, :width], bias, tuple(lexicons))

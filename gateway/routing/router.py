@@ -33,6 +33,7 @@ from gateway.routing.conversation import Conversation, conversation_of
 from gateway.routing.embedder import DIMENSIONS, ModelMissing, Vectors, load_embedder
 from gateway.routing.head import Head
 from gateway.routing.table import RouteTable, check_adapters, parse_table, read_table_source
+from gateway.routing.vectorcache import VectorCache, vector_cache
 
 log = logging.getLogger(__name__)
 SEED_ACTOR = "system:seed"
@@ -88,6 +89,7 @@ class AutoRouter:
         self._metrics = metrics
         self._cache_dir = cache_dir
         self._batcher: EmbeddingBatcher | None = None
+        self._stored: VectorCache | None = None
         self._active: ActiveTable | None = None
         self._changing = asyncio.Lock()
         # Example vectors of the table in use (and of a table being built).
@@ -189,12 +191,18 @@ class AutoRouter:
 
     async def _embed_utterances(self, texts: list[str]) -> Vectors:
         """Vectors of a table's examples; those of the table in use are not embedded again
-        (an edited table mostly repeats them)."""
+        (an edited table mostly repeats them), nor those kept on disk from an earlier
+        start (`vectorcache`)."""
         batcher = await self._embedder()
         missing = [text for text in dict.fromkeys(texts) if text not in self._vectors]
+        if missing and self._stored is not None:
+            self._vectors.update(await asyncio.to_thread(self._stored.found, missing))
+            missing = [text for text in missing if text not in self._vectors]
         if missing:
-            for text, vector in zip(missing, await batcher.embed_many(missing), strict=True):
-                self._vectors[text] = vector
+            fresh = dict(zip(missing, await batcher.embed_many(missing), strict=True))
+            self._vectors.update(fresh)
+            if self._stored is not None:
+                await asyncio.to_thread(self._stored.store, fresh)
         if not texts:
             return np.zeros((0, DIMENSIONS), dtype=np.float32)
         return np.stack([self._vectors[text] for text in texts])
@@ -225,6 +233,7 @@ class AutoRouter:
             except (ModelMissing, OSError, RuntimeError) as exc:
                 message = f"the embedding model could not be loaded: {exc}"
                 raise ClassifierUnavailable(message) from exc
+            self._stored = await asyncio.to_thread(vector_cache, embedder, self._cache_dir)
             self._batcher = EmbeddingBatcher(
                 embedder,
                 self._metrics,

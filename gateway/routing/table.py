@@ -112,6 +112,8 @@ class HeadSpec(BaseModel):
     background: Literal["builtin", "none"] = "builtin"
     # Weight of the text's character n-grams beside its embedding (0: the embedding only).
     lexical: float = Field(default=0.0, ge=0.0, le=10.0)
+    # Weight of its words and word pairs, relative to the character n-grams (0: none).
+    words: float = Field(default=0.0, ge=0.0, le=10.0)
 
 
 class ContextSpec(BaseModel):
@@ -183,6 +185,8 @@ def _describe(error: object) -> str:
 def _consistency_problems(table: RouteTable) -> Iterable[str]:
     if table.context.turns and table.method != "head":
         yield "context: reading earlier turns needs method head (set context.turns: 0)"
+    if table.head.words > 0.0 and table.head.lexical == 0.0:
+        yield "head: words weighs the word n-grams relative to lexical, which is 0 (set both)"
     if table.method == "head":
         scores = [("threshold", table.threshold), ("rule_floor", table.rule_floor)]
         scores += [(f"route {r.name!r}: threshold", r.threshold) for r in table.routes]

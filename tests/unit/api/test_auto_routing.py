@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from fastapi import FastAPI
 from gateway.api.auth import hash_key
 from gateway.config import RoutingSettings, Settings, TenantKey
 from gateway.metrics import Metrics
+from gateway.routing.embedder import OnnxEmbedder
 from gateway.testing.adapters import TINY_BASE
 from gateway.testing.fake_vllm import FakeEngineState
 from gateway.testing.server import app_client
@@ -529,6 +531,38 @@ async def test_the_table_is_seeded_once_from_settings(
         assert again["source"] == changed and again["id"] == first["id"] + 1
 
 
+async def test_a_restart_embeds_no_example_again(
+    settings: Settings, metrics: Metrics, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The examples' vectors are kept on disk (`vectorcache`): a second start embeds none.
+    embedded: list[str] = []
+    original = OnnxEmbedder.embed
+
+    def spy(self: OnnxEmbedder, texts: list[str]) -> Any:
+        embedded.extend(texts)
+        return original(self, texts)
+
+    monkeypatch.setattr(OnnxEmbedder, "embed", spy)
+    added = f"What is a good stretching routine for runners? (run {uuid.uuid4().hex[:8]})"
+    seed = tmp_path / "routes.yaml"
+    seed.write_text(
+        TABLE.replace(
+            "    - How do I fix a leaking faucet?\n",
+            f"    - How do I fix a leaking faucet?\n    - {added}\n",
+        )
+    )
+    seeded = settings.model_copy(update={"routing": RoutingSettings(table=str(seed))})
+    async with gateway(seeded, metrics) as client:
+        assert (await client.post("/v1/chat/completions", json=chat(SEA))).status_code == 200
+    assert added in embedded
+    embedded.clear()
+    async with gateway(seeded, Metrics()) as client:
+        response = await client.post("/v1/chat/completions", json=chat(SEA))
+        assert response.status_code == 200 and response.headers["x-route"] == "sea"
+    assert added not in embedded
+    assert set(embedded) <= {SEA}  # only the request's own text, if it was not cached
+
+
 async def test_a_bad_seed_leaves_auto_unavailable(
     settings: Settings, metrics: Metrics, tmp_path: Path
 ) -> None:
@@ -584,7 +618,8 @@ async def test_a_replacement_embeds_only_its_new_utterances(
         return original(texts)
 
     monkeypatch.setattr(embedder, "embed", spy)
-    added = "What is a good stretching routine for runners?"
+    # New to this run: the vector cache on disk has not seen it either.
+    added = f"What is a good stretching routine for runners? (run {uuid.uuid4().hex[:8]})"
     changed = TABLE.replace(
         "    - How do I fix a leaking faucet?\n",
         f"    - How do I fix a leaking faucet?\n    - {added}\n",

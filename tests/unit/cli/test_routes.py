@@ -39,6 +39,10 @@ class BatchMemo:
             self.batches[key] = self.inner.embed(texts)
         return self.batches[key]
 
+    def __getattr__(self, name: str) -> Any:
+        # The model's files and token limit (the command keys its vector cache by them).
+        return getattr(self.inner, name)
+
 
 @dataclass
 class Loads:

@@ -24,7 +24,7 @@ from gateway.routing.calibrate import (
     wilson,
 )
 from gateway.routing.classifier import Decision, Evidence, RouteIndex, groups_of
-from gateway.routing.embedder import DIMENSIONS, OnnxEmbedder, Vectors, load_embedder
+from gateway.routing.embedder import DIMENSIONS, Embedder, Vectors, load_embedder
 from gateway.routing.table import (
     DEMO_TABLE,
     RouteTable,
@@ -33,6 +33,7 @@ from gateway.routing.table import (
     parse_table,
     read_table_source,
 )
+from gateway.routing.vectorcache import cached
 
 
 @dataclass
@@ -40,7 +41,7 @@ class Memo:
     """The real embedder; a text already embedded is not redone (each text is embedded by
     itself, so a vector does not depend on the texts beside it)."""
 
-    inner: OnnxEmbedder
+    inner: Embedder
     vectors: dict[str, Vectors] = field(default_factory=dict)
 
     def embed(self, texts: list[str]) -> Vectors:
@@ -80,7 +81,7 @@ def read_rows(path: Path) -> list[dict[str, object]]:
 @pytest.fixture(scope="module")
 def demo() -> Demo:
     table = parse_table(read_table_source(DEMO_TABLE))
-    embedder = Memo(load_embedder(DEFAULT_CACHE_DIR))
+    embedder = Memo(cached(load_embedder(DEFAULT_CACHE_DIR), DEFAULT_CACHE_DIR))
 
     async def embed_many(texts: list[str]) -> Vectors:
         return embedder.embed(texts)

@@ -88,10 +88,10 @@ def embedder(request: pytest.FixtureRequest) -> OnnxEmbedder:
 def test_the_gateway_runs_the_fused_model_once_it_is_built(tmp_path: Path) -> None:
     fused = fused_model_path(DEFAULT_CACHE_DIR)
     assert fused.is_file(), "scripts/setup.sh builds it"
-    assert load_embedder(DEFAULT_CACHE_DIR)._model_path == fused
+    assert load_embedder(DEFAULT_CACHE_DIR).model_path == fused
     # Without it, the rewrite of the packaged export.
     files = packaged_files()
-    fallback = load_embedder(tmp_path)._model_path
+    fallback = load_embedder(tmp_path).model_path
     assert fallback.parent == tmp_path / "classifier" and fallback != fused_model_path(tmp_path)
     assert files.sha256 is not None and files.sha256[:16] in fallback.name
 

@@ -77,17 +77,33 @@ TEXTS = [
 ]
 
 
-def test_the_lexicon_is_exactly_scikit_learns_transform() -> None:
+@pytest.mark.parametrize("words", [0.0, 0.5])
+def test_the_lexicons_are_exactly_scikit_learns_transform(words: float) -> None:
     groups = [(name, cluster(i, 3)) for i, name in enumerate(["sea", "france", "z"])]
-    head = train_head(groups, c=4, texts=TEXTS, lexical=1.5)
-    assert head.lexicon is not None
-    vectorizer = vectorizer_of([t for texts in TEXTS for t in texts])
-    assert isinstance(vectorizer, TfidfVectorizer)
-    assert head.lexicon.vocabulary == vectorizer.vocabulary_
-    weights = head.lexicon.weights.T  # (classes, n-grams)
-    for text in ["Hoist THE sails!", "un croissant, s'il vous plaît", "unknownzzz", "", "a"]:
-        expected = np.asarray(vectorizer.transform([text]) @ weights.T).ravel()
-        assert head.lexicon.logits(text) == pytest.approx(expected, abs=1e-5), text
+    head = train_head(groups, c=4, texts=TEXTS, lexical=1.5, words=words)
+    corpus = [t for texts in TEXTS for t in texts]
+    analyzers = ["char_wb", "word"] if words else ["char_wb"]
+    assert len(head.lexicons) == len(analyzers)
+    for lexicon, analyzer in zip(head.lexicons, analyzers, strict=True):
+        vectorizer = vectorizer_of(corpus, analyzer)
+        assert isinstance(vectorizer, TfidfVectorizer)
+        assert lexicon.vocabulary == vectorizer.vocabulary_
+        weights = lexicon.weights.T  # (classes, n-grams)
+        for text in ["Hoist THE sails!", "un croissant, s'il vous plaît", "unknownzzz", "", "a"]:
+            expected = np.asarray(vectorizer.transform([text]) @ weights.T).ravel()
+            assert lexicon.logits(text) == pytest.approx(expected, abs=1e-5), text
+
+
+def test_word_features_are_weighted_by_lexical_times_words() -> None:
+    groups = [(name, cluster(i, 3)) for i, name in enumerate(["sea", "france", "z"])]
+    chars = train_head(groups, c=4, texts=TEXTS, lexical=1.5)
+    both = train_head(groups, c=4, texts=TEXTS, lexical=1.5, words=2.0)
+    assert [len(h.lexicons) for h in (chars, both)] == [1, 2]
+    # "the sails" is a word pair of the sea examples: it counts only with words.
+    assert "the sails" not in both.lexicons[0].vocabulary
+    assert "reef the" in both.lexicons[1].vocabulary
+    text = "reef the sails"
+    assert both.probabilities(basis(9), text) != chars.probabilities(basis(9), text)
 
 
 def test_character_n_grams_tell_apart_what_the_vectors_do_not() -> None:
@@ -142,7 +158,7 @@ async def build(table: RouteTable) -> RouteIndex:
     axes = {"s1": 0, "s2": 0, "f1": 1, "f2": 1, "d1": 2, "d2": 2}
 
     async def embed_many(texts: list[str]) -> Vectors:
-        rows = [cluster(axes.get(t, 3), 1)[0] for t in texts]
+        rows = [cluster(axes.get(t, 3), 1, spread=0.02)[0] for t in texts]
         return np.stack(rows) if rows else np.zeros((0, DIMENSIONS), np.float32)
 
     return await RouteIndex.build(table, embed_many)

@@ -1,0 +1,150 @@
+"""Example vectors kept on disk between starts: a table's thousands of examples are embedded
+once per model and CPU kind, not at every start.
+
+A route table is applied at every gateway start, and its examples (with the packaged
+background, a few thousand texts) take the embedder some 15 to 30 seconds on one core. Their
+vectors depend only on the text, the model file, the token limit and the CPU kind (int8
+arithmetic differs slightly between AVX2, AVX-512 VNNI and AMX), so they are kept in one file
+per such key under the cache directory. A missing, unreadable or foreign file is a miss, never
+an error: the texts are embedded again and the file rewritten atomically. The file keeps at
+most `MAX_TEXTS` vectors (the most recently stored), so a series of edited tables cannot grow
+it without bound.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+
+from gateway.routing.embedder import DIMENSIONS, Embedder, OnnxEmbedder, Vectors, file_sha256
+
+log = logging.getLogger(__name__)
+
+MAX_TEXTS = 50_000
+# The CPU features that change what int8 arithmetic gives (Linux names).
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "avx512_bf16")
+
+
+@cache
+def cpu_kind() -> str:
+    """The CPU features int8 results depend on, e.g. "avx2+avx512f+avx512_vnni"."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return "unknown"
+    flags = next(
+        (line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")),
+        [],
+    )
+    return "+".join(flag for flag in ISA_FLAGS if flag in flags) or "baseline"
+
+
+@cache
+def _sha256(path: Path, size: int, mtime_ns: int) -> str:
+    return file_sha256(path)
+
+
+def _file_key(path: Path) -> str:
+    stat = path.stat()
+    return _sha256(path, stat.st_size, stat.st_mtime_ns)
+
+
+def cache_key(model: Path, tokenizer: Path, max_tokens: int) -> str:
+    """What a vector depends on besides its text: the model and tokenizer files, the token
+    limit and the CPU kind."""
+    parts = (_file_key(model), _file_key(tokenizer), str(max_tokens), cpu_kind())
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:24]
+
+
+def vector_cache(embedder: OnnxEmbedder, cache_dir: Path) -> VectorCache:
+    """The vector cache of `embedder`'s model, token limit and CPU kind under `cache_dir`."""
+    key = cache_key(embedder.model_path, embedder.tokenizer_path, embedder.max_tokens)
+    return VectorCache(cache_dir / "classifier", key)
+
+
+def cached(embedder: OnnxEmbedder, cache_dir: Path) -> CachedEmbedder:
+    """`embedder` with its vectors kept under `cache_dir`."""
+    return CachedEmbedder(embedder, vector_cache(embedder, cache_dir))
+
+
+class VectorCache:
+    """Vectors by text in `directory/vectors-<key>.npz` (loaded on first use)."""
+
+    def __init__(self, directory: Path, key: str) -> None:
+        self.path = directory / f"vectors-{key}.npz"
+        self._vectors: dict[str, Vectors] | None = None
+
+    def _load(self) -> dict[str, Vectors]:
+        if self._vectors is None:
+            self._vectors = {}
+            try:
+                with np.load(self.path, allow_pickle=False) as stored:
+                    texts = json.loads(stored["texts"].tobytes().decode("utf-8"))
+                    matrix = stored["vectors"]
+                if matrix.shape == (len(texts), DIMENSIONS):
+                    self._vectors = dict(zip(texts, matrix, strict=True))
+            except FileNotFoundError:
+                pass
+            except (OSError, ValueError, KeyError) as exc:
+                log.warning("ignoring the unreadable vector cache %s: %s", self.path, exc)
+        return self._vectors
+
+    def found(self, texts: Iterable[str]) -> dict[str, Vectors]:
+        """The stored vectors of those of `texts` that have one."""
+        vectors = self._load()
+        return {text: vectors[text] for text in texts if text in vectors}
+
+    def store(self, new: Mapping[str, Vectors]) -> None:
+        """Add `new` and rewrite the file atomically (a failed write only loses the cache)."""
+        if not new:
+            return
+        vectors = self._load()
+        for text, vector in new.items():
+            vectors.pop(text, None)
+            vectors[text] = np.asarray(vector, dtype=np.float32)
+        while len(vectors) > MAX_TEXTS:
+            vectors.pop(next(iter(vectors)))
+        # The texts as one UTF-8 JSON list (a numpy string array pads every text to the
+        # longest one, in UTF-32).
+        texts = np.frombuffer(json.dumps(list(vectors)).encode("utf-8"), dtype=np.uint8)
+        matrix = np.stack(list(vectors.values())).astype(np.float32)
+        temporary: str | None = None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(
+                dir=self.path.parent, prefix=".vectors-", suffix=".npz", delete=False
+            ) as handle:
+                temporary = handle.name
+                np.savez(handle, texts=texts, vectors=matrix)
+            os.replace(temporary, self.path)
+        except OSError as exc:
+            log.warning("could not write the vector cache %s: %s", self.path, exc)
+            if temporary is not None:
+                Path(temporary).unlink(missing_ok=True)
+
+
+class CachedEmbedder:
+    """An embedder whose vectors for texts seen before come from a `VectorCache`."""
+
+    def __init__(self, inner: Embedder, cache: VectorCache) -> None:
+        self.inner = inner
+        self.cache = cache
+
+    def embed(self, texts: list[str]) -> Vectors:
+        known = self.cache.found(texts)
+        missing = [text for text in dict.fromkeys(texts) if text not in known]
+        if missing:
+            fresh = dict(zip(missing, self.inner.embed(missing), strict=True))
+            self.cache.store(fresh)
+            known.update(fresh)
+        if not texts:
+            return np.zeros((0, DIMENSIONS), dtype=np.float32)
+        return np.stack([known[text] for text in texts])
