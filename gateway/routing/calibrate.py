@@ -154,7 +154,7 @@ def gather(index: RouteIndex, embedder: Embedder, samples: Sequence[Sample]) -> 
     for sample in samples:
         vector = vectors[sample.text]
         evidence = index.evidence(vector, index.match_rules(sample.text), text=sample.text)
-        earlier = index.earlier_to_read(evidence, sample.earlier)
+        earlier = index.earlier_to_read(evidence, sample.earlier, sample.text)
         if earlier:
             before = [vectors[t] for t in earlier]
             evidence = index.in_context(evidence, vector, before, (*earlier, sample.text))

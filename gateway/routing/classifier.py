@@ -11,8 +11,9 @@
    reaches its threshold and the default route does not score higher still. A route one of
    whose `negatives` matches the text cannot win (by a rule or by its score).
 3. Context (`head` tables): when no route won, the chat has earlier user turns and the last
-   message alone is not clearly the default's (its probability is under `context.switch`),
-   the conversation (the last message plus the earlier turns, each turn back weighing less)
+   message alone is not clearly the default's (its probability is under `context.switch`)
+   and does not announce a new topic ("unrelated, but ...": `context.breaks`), the
+   conversation (the last message plus the earlier turns, each turn back weighing less)
    is scored the same way, with the follow-up class set aside: the best route there wins if
    it reaches its threshold (reason `context`).
 4. Otherwise the default route: `nearest_default` or `low_confidence`.
@@ -196,6 +197,7 @@ class RouteIndex:
         self.default = table.default.name
         self.context_turns = table.context.turns
         self.context_weight = table.context.weight
+        self._breaks = tuple(re.compile(p, re.IGNORECASE) for p in table.context.topic_breaks())
         self._rules = [
             _Rules(
                 route,
@@ -308,13 +310,23 @@ class RouteIndex:
             return False
         return scores[self.default] < self.table.context.switch
 
-    def earlier_to_read(self, evidence: Evidence, earlier: Sequence[str]) -> tuple[str, ...]:
+    def earlier_to_read(
+        self, evidence: Evidence, earlier: Sequence[str], text: str = ""
+    ) -> tuple[str, ...]:
         """The earlier user turns a text may be read with (oldest first): none when the
-        table reads no context or the text reads as a change of topic. (They count only
-        when the text alone reaches no route: `conclude`.)"""
+        table reads no context, the text reads as a change of topic, or it says so ("ok,
+        unrelated: ..."; `context.breaks`). (They count only when the text alone reaches no
+        route: `conclude`.)"""
         if not earlier or not self.is_follow_up(evidence.scores):
             return ()
+        if self.breaks_topic(text):
+            return ()
         return tuple(earlier[-self.context_turns :])
+
+    def breaks_topic(self, text: str) -> bool:
+        """Whether `text` announces a change of topic."""
+        head = text[:RULE_TEXT_CHARS]
+        return any(pattern.search(head) for pattern in self._breaks)
 
     def in_context(
         self,
@@ -459,7 +471,7 @@ async def classify(
         return index.fallback("overloaded")
     evidence = index.evidence(vector, rule, text=text)
     decision = index.conclude(evidence)
-    earlier = index.earlier_to_read(evidence, conversation.earlier)
+    earlier = index.earlier_to_read(evidence, conversation.earlier, text)
     # The earlier turns matter only when the last message alone reaches no route.
     if earlier and decision.method == "fallback":
         with contextlib.suppress(Overloaded):

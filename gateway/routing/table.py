@@ -67,7 +67,7 @@ class RouteSpec(BaseModel):
     adapter: str = Field(min_length=1, max_length=140)
     # What belongs to the route, in a sentence; the head learns it as one more example.
     description: str | None = Field(default=None, max_length=1000)
-    utterances: list[str] = Field(min_length=1, max_length=2000)
+    utterances: list[str] = Field(min_length=1, max_length=5000)
     keywords: list[str] = Field(default_factory=list, max_length=500)
     patterns: list[str] = Field(default_factory=list, max_length=100)
     # Regexes: when one matches, the route is ruled out (its rules and its score).
@@ -94,7 +94,7 @@ class DefaultRoute(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(default="default", pattern=ROUTE_NAME.pattern)
-    utterances: list[str] = Field(default_factory=list, max_length=2000)
+    utterances: list[str] = Field(default_factory=list, max_length=5000)
 
     _texts = field_validator("utterances")(_clean_texts)
 
@@ -129,6 +129,24 @@ class ContextSpec(BaseModel):
     # The topic counts as changed when the last message alone is the default route's with
     # at least this probability: then the conversation is not read.
     switch: float = Field(default=0.8, gt=0.0, le=1.0)
+    # Regexes (case-insensitive) of a message announcing a change of topic ("unrelated,
+    # but ..."): when one matches, the conversation is not read either. None: the builtin
+    # English list (`TOPIC_BREAKS`); []: none.
+    breaks: list[str] | None = Field(default=None, max_length=100)
+
+    def topic_breaks(self) -> list[str]:
+        """The topic-change regexes in effect."""
+        return list(TOPIC_BREAKS) if self.breaks is None else self.breaks
+
+
+# Phrases that announce a new topic. Kept to unambiguous ones: "by the way" or "another
+# thing" often introduce a follow-up of the same topic.
+TOPIC_BREAKS = (
+    r"\b(unrelated|off[- ]topic|random question|totally different|on another note)\b",
+    r"\b(different|new|separate|another) (question|topic|subject)\b",
+    r"\b(switch(ing)?|chang(e|ing)) (gears|topics?|subjects?)\b",
+    r"\bchange of (topic|subject)\b",
+)
 
 
 class RouteTable(BaseModel):
@@ -197,6 +215,11 @@ def _consistency_problems(table: RouteTable) -> Iterable[str]:
     for name, count in names.items():
         if count > 1:
             yield f"route name {name!r} is used {count} times (the default route counts)"
+    for pattern in table.context.breaks or []:
+        try:
+            re.compile(pattern, re.IGNORECASE)
+        except re.error as exc:
+            yield f"context: break {pattern!r} is not a valid regex: {exc}"
     for route in table.routes:
         for kind, patterns in (("pattern", route.patterns), ("negative", route.negatives)):
             for pattern in patterns:

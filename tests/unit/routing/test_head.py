@@ -187,9 +187,21 @@ async def test_a_follow_up_takes_the_route_of_its_conversation() -> None:
     assert decided.context_scores is not None and decided.scores == evidence.scores
     # A message that is clearly the default's changes the topic: no context is read.
     assert index.earlier_to_read(index.evidence(basis(2)), ["sailing talk"]) == ()
+    # So does one that says so, whatever its scores (the builtin `context.breaks`).
+    for says in ["ok, unrelated: and the second one?", "Switching gears - why?", "new question"]:
+        assert index.breaks_topic(says), says
+        assert index.earlier_to_read(evidence, ["sailing talk"], says) == ()
+    assert index.earlier_to_read(evidence, ["sailing talk"], "and the second one?") != ()
     # A message that reaches a route by itself keeps it, whatever came before.
     sea = index.evidence(basis(0))
     assert index.conclude(index.in_context(sea, basis(0), [basis(1)])).reason == "nearest"
+
+
+async def test_a_table_can_name_its_own_topic_breaks_or_none() -> None:
+    own = await build(head_table(context={"turns": 2, "breaks": [r"\bpar ailleurs\b"]}))
+    assert own.breaks_topic("Par ailleurs, une question") and not own.breaks_topic("unrelated")
+    none = await build(head_table(context={"turns": 2, "breaks": []}))
+    assert not none.breaks_topic("unrelated, but why?")
 
 
 async def test_a_vetoed_or_weak_rule_does_not_decide() -> None:

@@ -328,14 +328,15 @@ def test_every_shape_problem_is_listed_at_once() -> None:
 
 def test_every_consistency_problem_is_listed_at_once() -> None:
     source = (
-        "method: head\nhead: {words: 1.0}\nroutes:\n"
+        "method: head\nhead: {words: 1.0}\ncontext: {breaks: ['(unclosed']}\nroutes:\n"
         + route_yaml("pirate", "pirate", "ahoy", extra="    patterns: ['[a-', '(x']\n")
         + route_yaml("pirate", "french", "arr")
         + route_yaml("french", "french", "AHOY")
         + route_yaml("default", "french", "bonjour")
     )
     problems = refusal(source).problems
-    assert len(problems) == 6, problems
+    assert len(problems) == 7, problems
+    assert any("context: break '(unclosed' is not a valid regex" in p for p in problems)
     assert any("head: words weighs the word n-grams relative to lexical" in p for p in problems)
     assert any("route name 'pirate' is used 2 times" in p for p in problems)
     assert any("route name 'default' is used 2 times" in p for p in problems)
