@@ -265,7 +265,7 @@ def evaluate_command(
         return
     console.print(
         f"threshold {_threshold(result.threshold)}, chosen on {tune.name} "
-        f"({len(tuning)} prompts, off-topic limit {max_offtopic:.0%})",
+        f"({len(tuning)} prompts, off-topic limit {_limit(max_offtopic)})",
         highlight=False,
     )
     if result.folds:
@@ -335,7 +335,7 @@ def _headline(report: Report) -> str:
     return (
         f"{len(report.samples)} prompts at {at}: accuracy {_ci(report.accuracy)}, default "
         f"prompts sent to an adapter {_ci(report.offtopic)}; this set suggests threshold "
-        f"{hint} (off-topic limit {report.max_offtopic:.0%})"
+        f"{hint} (off-topic limit {_limit(report.max_offtopic)})"
     )
 
 
@@ -404,12 +404,17 @@ def report_markdown(report: Report, title: str) -> str:
     return "\n".join(lines)
 
 
+def _limit(share: float) -> str:
+    """An off-topic limit as a percentage: 3%, 2.5%."""
+    return f"{share * 100:.3g}%"
+
+
 def assessment_markdown(result: Assessment, table: str, tune: Path, test: Path) -> str:
     """Tuning choice, cross-validation and test numbers as Markdown."""
     lines = [
         f"Table `{table}`: threshold {_threshold(result.threshold)}, chosen on `{tune.name}` "
         f"({len(result.tuning.samples)} prompts, off-topic limit "
-        f"{result.tuning.max_offtopic:.0%}).",
+        f"{_limit(result.tuning.max_offtopic)}).",
         "",
     ]
     if result.folds:

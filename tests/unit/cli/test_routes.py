@@ -169,6 +169,12 @@ def test_max_offtopic_reaches_the_report(loads: Loads, as_json: dict[str, Any]) 
         assert point["offtopic_to_adapter"] == 0
 
 
+def test_a_fractional_limit_is_printed_as_it_was_given(loads: Loads) -> None:
+    result = calibrate(str(demo_tuning_path()), "--max-offtopic", "0.025")
+    assert result.exit_code == 0, result.output
+    assert "(off-topic limit 2.5%)" in flat(result.output)
+
+
 def test_a_missing_data_file_fails_cleanly(loads: Loads, tmp_path: Path) -> None:
     before = len(loads.calls)
     missing = tmp_path / "nope.jsonl"
