@@ -76,26 +76,27 @@ def cached(embedder: OnnxEmbedder, cache_dir: Path) -> CachedEmbedder:
 
 
 class VectorCache:
-    """Vectors by text in `directory/vectors-<key>.npz` (loaded on first use)."""
+    """Vectors by text in `directory/vectors-<key>.npz`. The file is read at each call and
+    not held in memory: a table is built now and then, and the vectors it needs are kept by
+    the router anyway."""
 
     def __init__(self, directory: Path, key: str) -> None:
         self.path = directory / f"vectors-{key}.npz"
-        self._vectors: dict[str, Vectors] | None = None
 
     def _load(self) -> dict[str, Vectors]:
-        if self._vectors is None:
-            self._vectors = {}
-            try:
-                with np.load(self.path, allow_pickle=False) as stored:
-                    texts = json.loads(stored["texts"].tobytes().decode("utf-8"))
-                    matrix = stored["vectors"]
-                if matrix.shape == (len(texts), DIMENSIONS):
-                    self._vectors = dict(zip(texts, matrix, strict=True))
-            except FileNotFoundError:
-                pass
-            except (OSError, ValueError, KeyError) as exc:
-                log.warning("ignoring the unreadable vector cache %s: %s", self.path, exc)
-        return self._vectors
+        try:
+            with np.load(self.path, allow_pickle=False) as stored:
+                texts = json.loads(stored["texts"].tobytes().decode("utf-8"))
+                matrix = stored["vectors"]
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError, KeyError) as exc:
+            log.warning("ignoring the unreadable vector cache %s: %s", self.path, exc)
+            return {}
+        if not isinstance(texts, list) or matrix.shape != (len(texts), DIMENSIONS):
+            log.warning("ignoring the vector cache %s: its shapes do not match", self.path)
+            return {}
+        return dict(zip(texts, matrix, strict=True))
 
     def found(self, texts: Iterable[str]) -> dict[str, Vectors]:
         """The stored vectors of those of `texts` that have one."""

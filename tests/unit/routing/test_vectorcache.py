@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,3 +101,13 @@ def test_the_key_names_the_model_the_tokenizer_the_limit_and_the_cpu(tmp_path: P
     model.write_bytes(b"another model")
     assert cache_key(model, tokenizer, 128) != key
     assert cpu_kind() != ""
+
+
+def test_a_file_whose_shapes_do_not_match_is_a_miss(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    texts = np.frombuffer(json.dumps(["a", "b"]).encode(), dtype=np.uint8)
+    np.savez(tmp_path / "vectors-k.npz", texts=texts, vectors=np.zeros((3, 5), np.float32))
+    with caplog.at_level(logging.WARNING):
+        assert VectorCache(tmp_path, "k").found(["a"]) == {}
+    assert "shapes do not match" in caplog.text
