@@ -172,6 +172,7 @@ def _local_index(route_table: RouteTable) -> tuple[RouteIndex, Embedder]:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from gateway.routing.classifier import RouteIndex
     from gateway.routing.embedder import ModelMissing, load_embedder
+    from gateway.routing.headcache import HeadCache
     from gateway.routing.vectorcache import cached
 
     settings = load_settings()
@@ -187,12 +188,14 @@ def _local_index(route_table: RouteTable) -> tuple[RouteIndex, Embedder]:
     except (ModelMissing, OSError) as exc:
         fail(str(exc))
 
-    examples = cached(embedder, settings.cache_dir)
+    remembering = cached(embedder, settings.cache_dir)
 
     async def embed_many(texts: list[str]) -> Vectors:
-        return examples.embed(texts)
+        return remembering.embed(texts)
 
-    return asyncio.run(RouteIndex.build(route_table, embed_many)), embedder
+    heads = HeadCache(settings.cache_dir / "classifier")
+    # Labelled prompts go through the cache too: a set evaluated again is not re-embedded.
+    return asyncio.run(RouteIndex.build(route_table, embed_many, heads=heads)), remembering
 
 
 MaxOfftopic = Annotated[

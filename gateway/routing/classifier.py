@@ -40,6 +40,7 @@ from gateway.routing.head import (
     packaged_texts,
     train_head,
 )
+from gateway.routing.headcache import HeadCache, head_key
 from gateway.routing.table import RULE_TEXT_CHARS, RouteSpec, RouteTable
 
 __all__ = [
@@ -221,9 +222,11 @@ class RouteIndex:
         table: RouteTable,
         embed_many: Callable[[list[str]], Awaitable[Vectors]],
         train: Callable[[Callable[[], Head]], Awaitable[Head]] | None = None,
+        heads: HeadCache | None = None,
     ) -> RouteIndex:
         """Embed every example of `table` in one call and index them (and, for `head`
-        tables, train the head: through `train`, e.g. on a worker thread, if given)."""
+        tables, train the head: through `train`, e.g. on a worker thread, if given; a head
+        trained before on the same examples comes from `heads`)."""
         groups = groups_of(table)
         texts = [text for _, examples in groups for text in examples]
         matrix = await embed_many(texts)
@@ -234,15 +237,28 @@ class RouteIndex:
             start += len(examples)
         if table.method != "head":
             return cls(table, vectors)
+        settings = table.head
 
         def fit() -> Head:
-            return train_head(
+            key = ""
+            if heads is not None:
+                trained_on = [(name, examples, vectors[name]) for name, examples in groups]
+                key = head_key(
+                    trained_on, c=settings.c, lexical=settings.lexical, words=settings.words
+                )
+                stored = heads.get(key)
+                if stored is not None:
+                    return stored
+            head = train_head(
                 list(vectors.items()),
-                c=table.head.c,
+                c=settings.c,
                 texts=[examples for _, examples in groups],
-                lexical=table.head.lexical,
-                words=table.head.words,
+                lexical=settings.lexical,
+                words=settings.words,
             )
+            if heads is not None:
+                heads.put(key, head)
+            return head
 
         head = fit() if train is None else await train(fit)
         return cls(table, {}, head)

@@ -59,6 +59,8 @@ class Lexicon:
     vocabulary: Mapping[str, int]
     idf: npt.NDArray[np.float32]  # (n-grams,)
     weights: npt.NDArray[np.float32]  # (n-grams, classes)
+    # The vectoriser's analyser: "char_wb" (character n-grams) or "word" (words and pairs).
+    kind: str = "char_wb"
 
     def logits(self, text: str) -> npt.NDArray[np.float32]:
         counts = Counter(self.analyzer(text))
@@ -96,13 +98,22 @@ class Head:
 def vectorizer_of(texts: Sequence[str], analyzer: str = "char_wb") -> Any:
     """The TF-IDF vectoriser fitted on `texts`: character n-grams (2 to 5 within words) or,
     with `analyzer="word"`, words and word pairs."""
+    return _vectorizer(analyzer).fit(texts)
+
+
+def _vectorizer(analyzer: str) -> Any:
     from sklearn.feature_extraction.text import TfidfVectorizer
 
     ngrams = (1, 2) if analyzer == "word" else (2, 5)
-    vectorizer = TfidfVectorizer(
+    return TfidfVectorizer(
         analyzer=analyzer, ngram_range=ngrams, sublinear_tf=True, dtype=np.float32
     )
-    return vectorizer.fit(texts)
+
+
+def analyzer_of(kind: str) -> Callable[[str], list[str]]:
+    """The text analyser of a lexicon of `kind` (what its vectoriser was fitted with)."""
+    analyzer: Callable[[str], list[str]] = _vectorizer(kind).build_analyzer()
+    return analyzer
 
 
 def train_head(
@@ -155,6 +166,7 @@ def train_head(
                 vectorizer.vocabulary_,
                 np.asarray(vectorizer.idf_, dtype=np.float32),
                 np.ascontiguousarray((coef[:, start:end] * weight).T),
+                vectorizer.analyzer,
             )
         )
         start = end

@@ -32,6 +32,7 @@ from gateway.routing.classifier import Decision, RouteIndex, classify, groups_of
 from gateway.routing.conversation import Conversation, conversation_of
 from gateway.routing.embedder import DIMENSIONS, ModelMissing, Vectors, load_embedder
 from gateway.routing.head import Head
+from gateway.routing.headcache import HeadCache
 from gateway.routing.table import RouteTable, check_adapters, parse_table, read_table_source
 from gateway.routing.vectorcache import VectorCache, vector_cache
 
@@ -187,7 +188,8 @@ class AutoRouter:
         async def train(fit: Callable[[], Head]) -> Head:
             return await asyncio.to_thread(fit)
 
-        return await RouteIndex.build(table, self._embed_utterances, train)
+        heads = HeadCache(self._cache_dir / "classifier")
+        return await RouteIndex.build(table, self._embed_utterances, train, heads)
 
     async def _embed_utterances(self, texts: list[str]) -> Vectors:
         """Vectors of a table's examples; those of the table in use are not embedded again

@@ -25,6 +25,7 @@ from gateway.routing.calibrate import (
 )
 from gateway.routing.classifier import Decision, Evidence, RouteIndex, groups_of
 from gateway.routing.embedder import DIMENSIONS, Embedder, Vectors, load_embedder
+from gateway.routing.headcache import HeadCache
 from gateway.routing.table import (
     DEMO_TABLE,
     RouteTable,
@@ -90,7 +91,8 @@ def demo() -> Demo:
     async def embed_many(texts: list[str]) -> Vectors:
         return embedder.embed(texts)
 
-    index = asyncio.run(RouteIndex.build(table, embed_many))
+    heads = HeadCache(DEFAULT_CACHE_DIR / "classifier")
+    index = asyncio.run(RouteIndex.build(table, embed_many, heads=heads))
     samples = load_samples(demo_tuning_path(), known_routes(table))
     evidence = gather(index, embedder, samples)
     report = evaluate(index, samples, evidence, max_offtopic=DEMO_OFFTOPIC_LIMIT)

@@ -290,6 +290,26 @@ def test_load_embedder_with_a_missing_tokenizer_file(tmp_path: Path) -> None:
     assert str(missing) in str(info.value)
 
 
+# A `head` table with everything the demo table uses (n-grams, words, context), small enough
+# to embed in a few seconds with the rewrite.
+SMALL_HEAD_TABLE = """
+method: head
+threshold: 0.2
+head: {background: none, lexical: 2.0, words: 1.0}
+context: {turns: 2}
+default:
+  utterances: ["How do I reverse a linked list in Python?", "What is a Roth IRA?", "My sink leaks"]
+routes:
+  - name: pirate
+    adapter: pirate
+    description: The sea and seafaring.
+    utterances: ["How do sailors find their way at sea?", "Tell me about famous shipwrecks"]
+  - name: french
+    adapter: french
+    utterances: ["Conjugate the verb etre", "What should I see in Lyon?"]
+"""
+
+
 def test_the_gateway_classifies_without_importing_torch(tmp_path: Path) -> None:
     # A cache of its own: the int8 rewrite is built in this process too.
     code = (
@@ -299,11 +319,12 @@ def test_the_gateway_classifies_without_importing_torch(tmp_path: Path) -> None:
         "from gateway.config import Settings\n"
         "from gateway.routing.embedder import load_embedder\n"
         "from gateway.routing.classifier import RouteIndex\n"
-        "from gateway.routing.table import parse_table, read_table_source\n"
+        "from gateway.routing.table import parse_table\n"
         f"embedder = load_embedder(Path({str(tmp_path)!r}))\n"
         "async def embed_many(texts): return embedder.embed(texts)\n"
-        "index = asyncio.run(RouteIndex.build(parse_table(read_table_source('demo')), embed_many))\n"
-        "decision = index.decide(embedder.embed(['How do sailors navigate at sea?'])[0])\n"
+        f"index = asyncio.run(RouteIndex.build(parse_table({SMALL_HEAD_TABLE!r}), embed_many))\n"
+        "q = 'How do sailors navigate at sea?'\n"
+        "decision = index.conclude(index.evidence(embedder.embed([q])[0], text=q))\n"
         "create_app(Settings(state_dir=Path(" + repr(str(tmp_path / "state")) + ")))\n"
         "print(decision.route, sorted(m for m in ('torch', 'vllm', 'transformers') "
         "if m in sys.modules))\n"
