@@ -5,9 +5,9 @@ A table is YAML (JSON is YAML too):
 ```yaml
 method: head             # head: a learned classifier over the embeddings (probabilities);
                          # knn: mean of the k best utterance similarities; centroid
-threshold: 0.66          # a route must score at least this much (routes may override)
+threshold: 0.58          # a route must score at least this much (routes may override)
 rule_floor: 0.3          # a keyword or pattern counts only if its route scores this much
-head: {c: 4.0, background: builtin, lexical: 2.0}   # lexical: character n-grams' weight
+head: {c: 4.0, background: builtin, lexical: 2.0, words: 1.0}   # n-grams' weights
 context: {turns: 3}      # earlier user turns a follow-up is read with (0, the default: none)
 default:                 # everything else: the base model, no adapter
   name: default
