@@ -48,8 +48,9 @@ def packaged_texts(name: str) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class Lexicon:
-    """The character n-gram part of a head: scikit-learn's analyser, vocabulary and idf of
-    the fitted vectoriser, and the head's weights per n-gram (already scaled by `lexical`).
+    """One n-gram part of a head (characters, or words): scikit-learn's analyser, vocabulary
+    and idf of the fitted vectoriser, and the head's weights per n-gram (already scaled by
+    their weight, `lexical` or `lexical * words`).
 
     `logits(text)` computes exactly what `vectorizer.transform([text]) @ weights` does
     (sublinear tf times idf, L2-normalised), several times faster for one text: scikit-learn
