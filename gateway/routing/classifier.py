@@ -327,7 +327,7 @@ class RouteIndex:
         return scores[self.default] < self.table.context.switch
 
     def earlier_to_read(
-        self, evidence: Evidence, earlier: Sequence[str], text: str = ""
+        self, evidence: Evidence, earlier: Sequence[str], text: str
     ) -> tuple[str, ...]:
         """The earlier user turns a text may be read with (oldest first): none when the
         table reads no context, the text reads as a change of topic, or it says so ("ok,

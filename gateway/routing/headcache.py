@@ -15,8 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Sequence
 from importlib.metadata import version
 from pathlib import Path
@@ -25,6 +23,7 @@ import numpy as np
 
 from gateway.routing.embedder import Vectors
 from gateway.routing.head import Head, Lexicon, analyzer_of
+from gateway.routing.npzfile import Arrays, from_json_array, json_array, read_arrays, write_arrays
 
 log = logging.getLogger(__name__)
 
@@ -57,67 +56,47 @@ class HeadCache:
     def get(self, key: str) -> Head | None:
         """The stored head of `key`, if there is a readable one."""
         path = self._path(key)
-        try:
-            with np.load(path, allow_pickle=False) as stored:
-                return _head_of({name: stored[name] for name in stored.files})
-        except FileNotFoundError:
+        arrays = read_arrays(path, "head")
+        if arrays is None:
             return None
-        except (OSError, ValueError, KeyError) as exc:
+        try:
+            return _head_of(arrays)
+        except (KeyError, ValueError) as exc:
             log.warning("ignoring the unreadable head %s: %s", path, exc)
             return None
 
     def put(self, key: str, head: Head) -> None:
         """Store `head` atomically and drop all but the newest `KEEP` heads."""
-        temporary: str | None = None
-        try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(
-                dir=self.directory, prefix=".head-", suffix=".npz", delete=False
-            ) as handle:
-                temporary = handle.name
-                np.savez(handle, allow_pickle=False, **_arrays_of(head))
-            os.replace(temporary, self._path(key))
-        except OSError as exc:
-            log.warning("could not store the head in %s: %s", self.directory, exc)
-            if temporary is not None:
-                Path(temporary).unlink(missing_ok=True)
+        if not write_arrays(self._path(key), _arrays_of(head), "head"):
             return
         heads = sorted(self.directory.glob("head-*.npz"), key=lambda p: p.stat().st_mtime_ns)
         for old in heads[:-KEEP]:
             old.unlink(missing_ok=True)
 
 
-def _text(value: object) -> np.ndarray:
-    return np.frombuffer(json.dumps(value).encode("utf-8"), dtype=np.uint8)
-
-
-def _json(array: np.ndarray) -> object:
-    return json.loads(array.tobytes().decode("utf-8"))
-
-
-def _arrays_of(head: Head) -> dict[str, np.ndarray]:
-    arrays = {
-        "classes": _text(list(head.classes)),
-        "kinds": _text([lexicon.kind for lexicon in head.lexicons]),
+def _arrays_of(head: Head) -> Arrays:
+    arrays: Arrays = {
+        "classes": json_array(list(head.classes)),
+        "kinds": json_array([lexicon.kind for lexicon in head.lexicons]),
         "weights": head.weights,
         "bias": head.bias,
     }
     for i, lexicon in enumerate(head.lexicons):
         grams = sorted(lexicon.vocabulary, key=lexicon.vocabulary.__getitem__)
-        arrays[f"grams{i}"] = _text(grams)
+        arrays[f"grams{i}"] = json_array(grams)
         arrays[f"idf{i}"] = lexicon.idf
         arrays[f"gram_weights{i}"] = lexicon.weights
     return arrays
 
 
-def _head_of(arrays: dict[str, np.ndarray]) -> Head:
-    classes = _json(arrays["classes"])
-    kinds = _json(arrays["kinds"])
+def _head_of(arrays: Arrays) -> Head:
+    classes = from_json_array(arrays["classes"])
+    kinds = from_json_array(arrays["kinds"])
     if not isinstance(classes, list) or not isinstance(kinds, list):
         raise ValueError("not a stored head")
     lexicons = []
     for i, kind in enumerate(kinds):
-        grams = _json(arrays[f"grams{i}"])
+        grams = from_json_array(arrays[f"grams{i}"])
         if not isinstance(grams, list):
             raise ValueError("not a stored head")
         lexicons.append(

@@ -14,10 +14,7 @@ it without bound.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from functools import cache
 from pathlib import Path
@@ -25,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from gateway.routing.embedder import DIMENSIONS, Embedder, OnnxEmbedder, Vectors, file_sha256
+from gateway.routing.npzfile import from_json_array, json_array, read_arrays, write_arrays
 
 log = logging.getLogger(__name__)
 
@@ -84,13 +82,12 @@ class VectorCache:
         self.path = directory / f"vectors-{key}.npz"
 
     def _load(self) -> dict[str, Vectors]:
-        try:
-            with np.load(self.path, allow_pickle=False) as stored:
-                texts = json.loads(stored["texts"].tobytes().decode("utf-8"))
-                matrix = stored["vectors"]
-        except FileNotFoundError:
+        arrays = read_arrays(self.path, "vector cache")
+        if arrays is None:
             return {}
-        except (OSError, ValueError, KeyError) as exc:
+        try:
+            texts, matrix = from_json_array(arrays["texts"]), arrays["vectors"]
+        except (KeyError, ValueError) as exc:
             log.warning("ignoring the unreadable vector cache %s: %s", self.path, exc)
             return {}
         if not isinstance(texts, list) or matrix.shape != (len(texts), DIMENSIONS):
@@ -113,23 +110,10 @@ class VectorCache:
             vectors[text] = np.asarray(vector, dtype=np.float32)
         while len(vectors) > MAX_TEXTS:
             vectors.pop(next(iter(vectors)))
-        # The texts as one UTF-8 JSON list (a numpy string array pads every text to the
-        # longest one, in UTF-32).
-        texts = np.frombuffer(json.dumps(list(vectors)).encode("utf-8"), dtype=np.uint8)
         matrix = np.stack(list(vectors.values())).astype(np.float32)
-        temporary: str | None = None
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(
-                dir=self.path.parent, prefix=".vectors-", suffix=".npz", delete=False
-            ) as handle:
-                temporary = handle.name
-                np.savez(handle, texts=texts, vectors=matrix)
-            os.replace(temporary, self.path)
-        except OSError as exc:
-            log.warning("could not write the vector cache %s: %s", self.path, exc)
-            if temporary is not None:
-                Path(temporary).unlink(missing_ok=True)
+        write_arrays(
+            self.path, {"texts": json_array(list(vectors)), "vectors": matrix}, "vector cache"
+        )
 
 
 class CachedEmbedder:

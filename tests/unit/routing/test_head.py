@@ -180,13 +180,13 @@ async def test_a_follow_up_takes_the_route_of_its_conversation() -> None:
     follow_up = basis(3)
     evidence = index.evidence(follow_up)
     assert index.conclude(evidence).route == "default"
-    earlier = index.earlier_to_read(evidence, ["old", "older", "sailing talk"])
+    earlier = index.earlier_to_read(evidence, ["old", "older", "sailing talk"], "")
     assert earlier == ("older", "sailing talk")  # the last `turns` turns, oldest first
     decided = index.conclude(index.in_context(evidence, follow_up, [basis(1), basis(0)]))
     assert (decided.route, decided.reason, decided.method) == ("sea", "context", "embedding")
     assert decided.context_scores is not None and decided.scores == evidence.scores
     # A message that is clearly the default's changes the topic: no context is read.
-    assert index.earlier_to_read(index.evidence(basis(2)), ["sailing talk"]) == ()
+    assert index.earlier_to_read(index.evidence(basis(2)), ["sailing talk"], "") == ()
     # So does one that says so, whatever its scores (the builtin `context.breaks`).
     for says in ["ok, unrelated: and the second one?", "Switching gears - why?", "new question"]:
         assert index.breaks_topic(says), says
