@@ -72,8 +72,9 @@ class RoutingSettings(BaseModel):
     # the packaged ones, the model prepared once into `<cache_dir>/classifier/`.
     model_path: Path | None = None
     tokenizer_path: Path | None = None
-    # Texts are embedded from their first `max_tokens` tokens (bounds the cost of long ones).
-    max_tokens: int = Field(default=128, ge=8, le=256)
+    # Texts are embedded from at most `max_tokens` tokens: a longer one from its first three
+    # quarters and last quarter of them (bounds the cost of long ones).
+    max_tokens: int = Field(default=64, ge=8, le=256)
     # Threads of one embedding call (the classifier's share of the CPU).
     threads: int = Field(default=1, ge=1, le=64)
     # Concurrent requests embedded in one call at most; texts waiting beyond `max_pending`

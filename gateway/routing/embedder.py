@@ -32,9 +32,18 @@ DIMENSIONS = 384
 # Names the rewrite's recipe in the cached file's name: a new recipe builds a new file.
 RECIPE = "pc1"
 # The same for the fused export built where torch is installed (`gateway.routing.export`).
-FUSED_RECIPE = "fx1"
+FUSED_RECIPE = "fx2"
+# onnxruntime's fusions the fused export undoes on purpose (its layer normalisations are
+# faster spelled out: `gateway.routing.export`); the rewrite of the packaged export, whose
+# normalisations are spelled out too, is as fast or faster without them.
+UNFUSED = ["LayerNormFusion", "SimplifiedLayerNormFusion", "SkipLayerNormFusion"]
 # all-MiniLM-L6-v2 was trained on at most 256 tokens.
 MAX_MODEL_TOKENS = 256
+# A text longer than `max_tokens` keeps its first tokens and this share of them from its end.
+# Before tokenizing, a very long text is cut to this many characters per token at each end
+# (far more than the window needs: tokenizing megabytes costs milliseconds).
+WINDOW_CHARS_PER_TOKEN = 16
+TAIL_SHARE = 0.25
 
 
 class Embedder(Protocol):
@@ -114,15 +123,19 @@ def prepare_model(source: Path, cache_dir: Path, expected_sha256: str | None = N
 class OnnxEmbedder:
     """all-MiniLM-L6-v2 on onnxruntime (onnxruntime sessions may be shared by threads)."""
 
-    def __init__(self, model: Path, tokenizer: Path, *, threads: int = 1, max_tokens: int = 128):
+    def __init__(self, model: Path, tokenizer: Path, *, threads: int = 1, max_tokens: int = 64):
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
         self.max_tokens = min(max_tokens, MAX_MODEL_TOKENS)
+        self._tail = max(1, int(self.max_tokens * TAIL_SHARE))
+        # What the vectors depend on besides the files: the window a long text is cut to.
+        self.window = f"{self.max_tokens - self._tail}+{self._tail}"
         self.model_path = model
         self.tokenizer_path = tokenizer
         self._tokenizer = Tokenizer.from_file(str(tokenizer))
-        self._tokenizer.enable_truncation(self.max_tokens)
+        # Long texts are cut in `ids` (beginning and end), not by the tokenizer (beginning).
+        self._tokenizer.no_truncation()
         # The shipped tokenizer.json pads every text to 128 tokens; one text needs none.
         self._tokenizer.no_padding()
         options = ort.SessionOptions()
@@ -131,7 +144,7 @@ class OnnxEmbedder:
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self._session = ort.InferenceSession(
-            str(model), options, providers=["CPUExecutionProvider"]
+            str(model), options, providers=["CPUExecutionProvider"], disabled_optimizers=UNFUSED
         )
         self._inputs = {i.name for i in self._session.get_inputs()}
 
@@ -149,8 +162,21 @@ class OnnxEmbedder:
             rows[row] = self._embed_one(text)
         return rows
 
+    def ids(self, text: str) -> list[int]:
+        """The token ids `text` is embedded as: all of them up to `max_tokens` (with the two
+        special tokens), else the first ones and, a quarter of the budget, the last ones. What
+        a long message asks often comes at its end ("...so what should I pack?"), and the
+        model's cost grows with the tokens, so the window bounds it (docs/routing.md)."""
+        window = self.max_tokens * WINDOW_CHARS_PER_TOKEN
+        if len(text) > 2 * window:
+            text = f"{text[:window]} {text[-window:]}"
+        ids: list[int] = self._tokenizer.encode(text).ids
+        if len(ids) <= self.max_tokens:
+            return ids
+        return ids[: self.max_tokens - self._tail] + ids[-self._tail :]
+
     def _embed_one(self, text: str) -> Vectors:
-        ids = np.array([self._tokenizer.encode(text).ids], dtype=np.int64)
+        ids = np.array([self.ids(text)], dtype=np.int64)
         feed = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
         if "token_type_ids" in self._inputs:
             feed["token_type_ids"] = np.zeros_like(ids)
@@ -161,7 +187,7 @@ class OnnxEmbedder:
 
     def token_count(self, text: str) -> int:
         """Tokens `text` is embedded as (after truncation, with the two special tokens)."""
-        return len(self._tokenizer.encode(text).ids)
+        return len(self.ids(text))
 
 
 def fused_model_path(cache_dir: Path) -> Path:
@@ -181,7 +207,7 @@ def load_embedder(
     model: Path | None = None,
     tokenizer: Path | None = None,
     threads: int = 1,
-    max_tokens: int = 128,
+    max_tokens: int = 64,
 ) -> OnnxEmbedder:
     """The embedder from explicit files, or from the packages: the fused export when it has
     been built (`python -m gateway.routing.export`, run by `scripts/setup.sh`), else the

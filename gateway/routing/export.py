@@ -9,6 +9,13 @@ layer normalisation: 124 operators instead of 396), then the same dynamic int8
 quantization as the packaged model's rewrite. On an Intel core with AMX: 2.4 ms a call
 against 3.0 ms for a 15-token text, with vectors within 0.99 cosine of the float model.
 
+Then the twelve skip layer normalisations are spelled out again as plain operators (add,
+mean, variance, scale): onnxruntime's fused kernel normalises each row in scalar code, some
+2 microseconds per token each, while its element-wise operators are vectorised. On an AMD
+EPYC core with AVX-512 (family 25 model 17) that takes a 64-token call from 7.2 to 6.4 ms
+and a 17-token one from 2.5 to 2.4 ms, with the same vectors up to float rounding. The
+embedder keeps onnxruntime from fusing them back (`UNFUSED`).
+
 The gateway never imports torch: it uses this file when it is in the cache, and the
 rewrite of the packaged export (`embedder.prepare_model`) otherwise.
 
@@ -21,6 +28,9 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from gateway.routing.embedder import fused_model_path
 
@@ -98,8 +108,51 @@ def export_fused(cache_dir: Path) -> Path:
             per_channel=True,
             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
         )
+        spelled = spell_out_layer_norms(onnx.load(str(quantized)))
+        onnx.save(spelled, str(quantized))
         os.replace(quantized, target)
     return target
+
+
+def spell_out_layer_norms(model: Any) -> Any:
+    """`model` with each `SkipLayerNormalization` (input, skip, gamma, beta, bias) replaced by
+    the operators it stands for: y = (t - mean(t)) / sqrt(var(t) + eps) * gamma + beta, with
+    t = input + bias + skip, over the last axis (opset 17: `ReduceMean` takes `axes`)."""
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    nodes = []
+    count = 0
+    for node in graph.node:
+        if node.op_type != "SkipLayerNormalization":
+            nodes.append(node)
+            continue
+        if len(node.input) != 5 or len(node.output) != 1:
+            raise RuntimeError(f"unexpected skip layer normalisation {node.name}")
+        x, skip, gamma, beta, bias = node.input
+        (epsilon,) = (helper.get_attribute_value(a) for a in node.attribute if a.name == "epsilon")
+        p = f"spelled_ln{count}_"
+        graph.initializer.append(numpy_helper.from_array(np.array(epsilon, np.float32), p + "eps"))
+        make = helper.make_node
+        nodes += [
+            make("Add", [x, bias], [p + "biased"]),
+            make("Add", [p + "biased", skip], [p + "sum"]),
+            make("ReduceMean", [p + "sum"], [p + "mean"], axes=[-1]),
+            make("Sub", [p + "sum", p + "mean"], [p + "centred"]),
+            make("Mul", [p + "centred", p + "centred"], [p + "squared"]),
+            make("ReduceMean", [p + "squared"], [p + "variance"], axes=[-1]),
+            make("Add", [p + "variance", p + "eps"], [p + "padded"]),
+            make("Sqrt", [p + "padded"], [p + "deviation"]),
+            make("Div", [p + "centred", p + "deviation"], [p + "normal"]),
+            make("Mul", [p + "normal", gamma], [p + "scaled"]),
+            make("Add", [p + "scaled", beta], [node.output[0]]),
+        ]
+        count += 1
+    if count != 12:
+        raise RuntimeError(f"expected 12 skip layer normalisations, found {count}")
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return model
 
 
 def main() -> None:

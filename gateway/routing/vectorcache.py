@@ -55,16 +55,16 @@ def _file_key(path: Path) -> str:
     return _sha256(path, stat.st_size, stat.st_mtime_ns)
 
 
-def cache_key(model: Path, tokenizer: Path, max_tokens: int) -> str:
+def cache_key(model: Path, tokenizer: Path, window: str) -> str:
     """What a vector depends on besides its text: the model and tokenizer files, the token
-    limit and the CPU kind."""
-    parts = (_file_key(model), _file_key(tokenizer), str(max_tokens), cpu_kind())
+    window a long text is cut to and the CPU kind."""
+    parts = (_file_key(model), _file_key(tokenizer), window, cpu_kind())
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:24]
 
 
 def vector_cache(embedder: OnnxEmbedder, cache_dir: Path) -> VectorCache:
-    """The vector cache of `embedder`'s model, token limit and CPU kind under `cache_dir`."""
-    key = cache_key(embedder.model_path, embedder.tokenizer_path, embedder.max_tokens)
+    """The vector cache of `embedder`'s model, token window and CPU kind under `cache_dir`."""
+    key = cache_key(embedder.model_path, embedder.tokenizer_path, embedder.window)
     return VectorCache(cache_dir / "classifier", key)
 
 

@@ -177,22 +177,34 @@ def test_paraphrases_are_nearer_than_unrelated_texts(embedder: OnnxEmbedder) -> 
     assert paraphrase - unrelated >= 0.4
 
 
-def test_long_texts_are_truncated_to_max_tokens(embedder: OnnxEmbedder) -> None:
-    assert embedder.max_tokens == 128
-    for words in (1, 10, 100, 127, 128, 500, 5000):
+def test_long_texts_are_read_by_their_beginning_and_end(embedder: OnnxEmbedder) -> None:
+    assert embedder.max_tokens == 64
+    assert embedder.window == "48+16"
+    for words in (1, 10, 62, 63, 64, 500, 5000):
         assert embedder.token_count("word " * words) <= embedder.max_tokens
     assert embedder.token_count("hello world") == 4  # [CLS] hello world [SEP]
-    very_long = "The quick brown fox jumps over the lazy dog. " * 2000
+    very_long = "The quick brown fox jumps over the lazy dog. " * 20_000
     assert embedder.token_count(very_long) == embedder.max_tokens
     vector = embedder.embed([very_long])[0]
     assert np.all(np.isfinite(vector))
     assert abs(float(np.linalg.norm(vector)) - 1.0) < 1e-5
-    # Only the first max_tokens tokens count: a different tail changes nothing.
-    head = "Sailors navigated by the stars long before satellites existed. " * 30
-    with_tail_a, with_tail_b = embedder.embed(
-        [head + "Then we baked bread.", head + "Then the markets crashed."]
+    # The window: the first 48 tokens ([CLS] included) and the last 16 ([SEP] included).
+    text = " ".join(f"w{i}" for i in range(200))
+    full = embedder._tokenizer.encode(text).ids
+    assert embedder.ids(text) == full[:48] + full[-16:]
+    # The middle of a long text counts for nothing; its end does.
+    start = "Sailors navigated by the stars long before satellites existed. " * 30
+    end_a, end_b = "So how do I bake bread?", "So why did the markets crash?"
+    middle_a, middle_b, tail_a, tail_b = embedder.embed(
+        [
+            start + "We sang. " + start + end_a,
+            start + "We sold. " + start + end_a,
+            start + end_a,
+            start + end_b,
+        ]
     )
-    assert cosine(with_tail_a, with_tail_b) >= 0.9999
+    assert cosine(middle_a, middle_b) >= 0.9999
+    assert cosine(tail_a, tail_b) < 0.99
 
 
 def test_max_tokens_is_capped_at_what_the_model_was_trained_on() -> None:

@@ -91,15 +91,15 @@ def test_a_failed_write_only_loses_the_cache(
     assert list(tmp_path.iterdir()) == [blocked]
 
 
-def test_the_key_names_the_model_the_tokenizer_the_limit_and_the_cpu(tmp_path: Path) -> None:
+def test_the_key_names_the_model_the_tokenizer_the_window_and_the_cpu(tmp_path: Path) -> None:
     tokenizer = packaged_files().tokenizer
     model = tmp_path / "model.onnx"
     model.write_bytes(b"one model")
-    key = cache_key(model, tokenizer, 128)
-    assert key == cache_key(model, tokenizer, 128)
-    assert key != cache_key(model, tokenizer, 64)
+    key = cache_key(model, tokenizer, "48+16")
+    assert key == cache_key(model, tokenizer, "48+16")
+    assert key != cache_key(model, tokenizer, "96+32")
     model.write_bytes(b"another model")
-    assert cache_key(model, tokenizer, 128) != key
+    assert cache_key(model, tokenizer, "48+16") != key
     assert cpu_kind() != ""
 
 
