@@ -1,7 +1,7 @@
 """Classification latency and throughput of `model: "auto"` (no engine, no HTTP).
 
 Pins the process to one core, loads the embedder with one thread and the demo route table,
-and classifies the prompts of the demo test set (`heldout.jsonl`: 3 to 80 words, chats
+and classifies the prompts of the demo test set (`test.jsonl`: 1 to 80 words, chats
 among them):
 1. batch 1, one request at a time: the whole decision (rules, embedding, the head's
    scores, the conversation for follow-ups: `classifier.classify`, as the gateway runs it),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -39,6 +40,7 @@ from gateway.routing.calibrate import (
     assess,
     evaluate,
     gather,
+    learned,
     load_samples,
 )
 from gateway.routing.table import DEMO_TABLE, RouteTable, parse_table, read_table_source
@@ -169,6 +171,12 @@ def _local_table(where: str) -> RouteTable:
 
 def _local_index(route_table: RouteTable) -> tuple[RouteIndex, Embedder]:
     """The table's index built here, with the gateway's embedder (no gateway needed)."""
+    build, embedder = _local_builder()
+    return build(route_table), embedder
+
+
+def _local_builder() -> tuple[Callable[[RouteTable], RouteIndex], Embedder]:
+    """Builds tables' indexes here (vectors and heads cached), and the embedder it uses."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from gateway.routing.classifier import RouteIndex
     from gateway.routing.embedder import ModelMissing, load_embedder
@@ -194,8 +202,12 @@ def _local_index(route_table: RouteTable) -> tuple[RouteIndex, Embedder]:
         return remembering.embed(texts)
 
     heads = HeadCache(settings.cache_dir / "classifier")
+
+    def build(table: RouteTable) -> RouteIndex:
+        return asyncio.run(RouteIndex.build(table, embed_many, heads=heads))
+
     # Labelled prompts go through the cache too: a set evaluated again is not re-embedded.
-    return asyncio.run(RouteIndex.build(route_table, embed_many, heads=heads)), remembering
+    return build, remembering
 
 
 MaxOfftopic = Annotated[
@@ -240,6 +252,13 @@ def evaluate_command(
     table: TableOption = DEMO_TABLE,
     max_offtopic: MaxOfftopic = 0.03,
     folds: Annotated[int, typer.Option(min=0, max=20, help="Cross-validation folds.")] = 2,
+    crossfit: Annotated[
+        bool,
+        typer.Option(
+            help="The table learns from the tuning prompts: score each with a head trained "
+            "without its fold's prompts (at least two folds)."
+        ),
+    ] = False,
     markdown: Markdown = None,
     mistakes: Mistakes = 10,
     as_json: AsJson = False,
@@ -253,8 +272,26 @@ def evaluate_command(
     overlap = {s.text for s in tuning if not s.earlier} & {s.text for s in testing}
     if overlap:
         fail(f"{len(overlap)} prompts are in both sets, e.g. {sorted(overlap)[0]!r}")
-    index, embedder = _local_index(route_table)
-    result = assess(index, embedder, tuning, testing, max_offtopic=max_offtopic, folds=folds)
+    leaked = learned(route_table, testing)
+    if leaked:
+        fail(f"{len(leaked)} test prompts are utterances of the table, e.g. {leaked[0].text!r}")
+    taught = learned(route_table, tuning)
+    if taught and not crossfit:
+        fail(
+            f"{len(taught)} tuning prompts are utterances of the table, e.g. "
+            f"{taught[0].text!r}: pass --crossfit to score each with a head trained without it"
+        )
+    build, embedder = _local_builder()
+    index = build(route_table)
+    result = assess(
+        index,
+        embedder,
+        tuning,
+        testing,
+        max_offtopic=max_offtopic,
+        folds=max(folds, 2) if crossfit else folds,
+        crossfit=build if crossfit else None,
+    )
     if markdown is not None:
         markdown.write_text(assessment_markdown(result, table, tune, test), encoding="utf-8")
     if as_json:
@@ -268,7 +305,9 @@ def evaluate_command(
         return
     console.print(
         f"threshold {_threshold(result.threshold)}, chosen on {tune.name} "
-        f"({len(tuning)} prompts, off-topic limit {_limit(max_offtopic)})",
+        f"({len(tuning)} prompts, off-topic limit {_limit(max_offtopic)}"
+        + (f"; {_crossfit_note(result)}" if result.crossfit else "")
+        + ")",
         highlight=False,
     )
     if result.folds:
@@ -276,6 +315,10 @@ def evaluate_command(
     console.print(f"test set {test.name}:", highlight=False)
     for renderable in report_tables(result.test, mistakes):
         console.print(renderable, highlight=False)
+
+
+def _crossfit_note(result: Assessment) -> str:
+    return f"scored out of fold: each by a head trained without its fold, {len(result.folds)} folds"
 
 
 def _threshold(value: float | None) -> str:
@@ -417,7 +460,9 @@ def assessment_markdown(result: Assessment, table: str, tune: Path, test: Path) 
     lines = [
         f"Table `{table}`: threshold {_threshold(result.threshold)}, chosen on `{tune.name}` "
         f"({len(result.tuning.samples)} prompts, off-topic limit "
-        f"{_limit(result.tuning.max_offtopic)}).",
+        f"{_limit(result.tuning.max_offtopic)}"
+        + (f"; {_crossfit_note(result)}" if result.crossfit else "")
+        + ").",
         "",
     ]
     if result.folds:

@@ -13,12 +13,17 @@ The suggested threshold has the best accuracy of those that keep default prompts
 adapter at or under `max_offtopic` (ties: fewer default prompts sent to adapters, then the
 middle of the widest run). `assess` keeps the discipline: the threshold is chosen on a
 tuning set only, and the numbers reported are those of a separate test set.
+
+A table may learn from its tuning prompts too (they are then among its utterances). Its
+threshold is then chosen by cross-fitting: the tuning set is cut into folds, and each
+prompt is scored by a head trained on the table without the prompts of its fold
+(`out_of_fold`), so no prompt is scored by a head that saw it.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +32,7 @@ import numpy as np
 from gateway.routing.classifier import Decision, Evidence, RouteIndex
 from gateway.routing.conversation import conversation_of
 from gateway.routing.embedder import Embedder
+from gateway.routing.table import RouteTable
 
 # Thresholds swept, in steps of 0.01.
 SWEEP = np.round(np.arange(0.0, 1.0001, 0.01), 2)
@@ -288,6 +294,8 @@ class Assessment:
     tuning: Report
     test: Report
     folds: list[Fold]
+    # The tuning prompts were scored out of fold (the table learns from them).
+    crossfit: bool = False
 
     @property
     def threshold(self) -> float | None:
@@ -305,6 +313,42 @@ def folds_of(samples: Sequence[Sample], k: int) -> list[list[int]]:
     return folds
 
 
+# Builds the index of a table (embeds its utterances, trains its head).
+Build = Callable[[RouteTable], RouteIndex]
+
+
+def learned(table: RouteTable, samples: Sequence[Sample]) -> list[Sample]:
+    """The single-message samples whose text is an utterance of `table` (learned from)."""
+    texts = {u for route in table.routes for u in route.utterances}
+    texts.update(table.default.utterances)
+    return [s for s in samples if not s.earlier and s.text in texts]
+
+
+def without_texts(table: RouteTable, texts: Collection[str]) -> RouteTable:
+    """`table` with the utterances in `texts` left out (of its routes and its default)."""
+    routes = [
+        route.model_copy(update={"utterances": [u for u in route.utterances if u not in texts]})
+        for route in table.routes
+    ]
+    default = table.default.model_copy(
+        update={"utterances": [u for u in table.default.utterances if u not in texts]}
+    )
+    return table.model_copy(update={"routes": routes, "default": default})
+
+
+def out_of_fold(
+    build: Build, embedder: Embedder, table: RouteTable, samples: list[Sample], folds: int
+) -> list[Evidence]:
+    """Each sample's evidence from an index built without the prompts of its fold (the same
+    folds as the cross-validation in `assess`)."""
+    evidence: dict[int, Evidence] = {}
+    for held in folds_of(samples, folds):
+        index = build(without_texts(table, {samples[i].text for i in held}))
+        scored = gather(index, embedder, [samples[i] for i in held])
+        evidence.update(zip(held, scored, strict=True))
+    return [evidence[i] for i in range(len(samples))]
+
+
 def assess(
     index: RouteIndex,
     embedder: Embedder,
@@ -313,10 +357,16 @@ def assess(
     *,
     max_offtopic: float,
     folds: int = 2,
+    crossfit: Build | None = None,
 ) -> Assessment:
     """Choose the threshold on `tuning` only; report `test` at it, and cross-validate the
-    choice on `tuning` (`folds` folds: the threshold of the others, the numbers of each)."""
-    tune_evidence = gather(index, embedder, tuning)
+    choice on `tuning` (`folds` folds: the threshold of the others, the numbers of each).
+    With `crossfit`, the tuning prompts are scored out of fold (`out_of_fold`, at least two
+    folds): for a table that learns from them."""
+    if crossfit is None:
+        tune_evidence = gather(index, embedder, tuning)
+    else:
+        tune_evidence = out_of_fold(crossfit, embedder, index.table, tuning, max(folds, 2))
     tune_report = evaluate(index, tuning, tune_evidence, max_offtopic=max_offtopic)
     chosen = tune_report.suggested_threshold
     test_report = evaluate(
@@ -340,4 +390,4 @@ def assess(
             threshold=fitted,
         )
         results.append(Fold(fitted, scored.accuracy.value, scored.offtopic.value, len(held)))
-    return Assessment(tune_report, test_report, results)
+    return Assessment(tune_report, test_report, results, crossfit is not None)

@@ -120,7 +120,7 @@ def test_json_report(as_json: dict[str, Any], loads: Loads) -> None:
     assert len(as_json["sweep"]) == 101
     assert as_json["suggested_threshold"] is not None
     # The command loaded the model with the gateway's default settings.
-    assert loads.calls and loads.calls[-1]["max_tokens"] == 128
+    assert loads.calls and loads.calls[-1]["max_tokens"] == 64
 
 
 def test_human_report_and_markdown(human: Run, as_json: dict[str, Any]) -> None:
@@ -245,6 +245,11 @@ def assessed(loads: Loads, tmp_path_factory: pytest.TempPathFactory) -> tuple[An
         str(demo_tuning_path()),
         "--test",
         str(demo_test_path()),
+        "--crossfit",
+        "--folds",
+        "5",
+        "--max-offtopic",
+        "0.02",
         "--json",
         "--markdown",
         str(markdown),
@@ -258,9 +263,9 @@ def test_evaluate_chooses_on_the_tuning_set_and_measures_the_test_set(
 ) -> None:
     payload, markdown = assessed
     tuning, test = payload["tuning"], payload["test"]
-    # The threshold is what the tuning set suggests under the 3% default limit ...
+    # The threshold is what the tuning set suggests (out of fold) under the limit ...
     assert payload["threshold"] == tuning["suggested_threshold"]
-    assert tuning["max_offtopic"] == 0.03 and tuning["samples"] == as_json["samples"]
+    assert tuning["max_offtopic"] == 0.02 and tuning["samples"] == as_json["samples"]
     # ... and the test set is decided at that threshold, whatever it would suggest itself.
     assert test["threshold"] == payload["threshold"]
     point = next(p for p in test["sweep"] if p["threshold"] == payload["threshold"])
@@ -268,16 +273,41 @@ def test_evaluate_chooses_on_the_tuning_set_and_measures_the_test_set(
     assert test["samples"] >= 400 and test["samples"] != tuning["samples"]
     assert set(test["kinds"]) >= {"on_topic", "off_topic", "near_miss", "multi_turn"}
     assert f"threshold {payload['threshold']:.2f}, chosen on `tuning.jsonl`" in markdown
+    assert "scored out of fold: each by a head trained without its fold, 5 folds" in markdown
     assert "Test set `test.jsonl`:" in markdown
 
 
 def test_evaluate_cross_validates_the_choice(assessed: tuple[Any, str]) -> None:
     payload, markdown = assessed
     folds = payload["folds"]
-    assert len(folds) == 2
+    assert len(folds) == 5
     assert sum(f["size"] for f in folds) == payload["tuning"]["samples"]
     assert all(0.0 <= f["accuracy"] <= 1.0 for f in folds)
-    assert "2-fold cross-validation on the tuning set" in markdown
+    assert "5-fold cross-validation on the tuning set" in markdown
+
+
+def test_evaluate_refuses_in_sample_scores_of_prompts_the_table_learns_from(
+    loads: Loads,
+) -> None:
+    before = len(loads.calls)
+    result = evaluate("--tune", str(demo_tuning_path()), "--test", str(demo_test_path()))
+    assert result.exit_code == 1
+    message = flat(result.stderr)
+    assert "tuning prompts are utterances of the table" in message
+    assert "pass --crossfit" in message
+    assert len(loads.calls) == before
+
+
+def test_evaluate_refuses_a_test_set_the_table_learns_from(loads: Loads, tmp_path: Path) -> None:
+    before = len(loads.calls)
+    (tmp_path / "tune.jsonl").write_text('{"text": "Sum 2 and 2", "route": "default"}\n')
+    (tmp_path / "test.jsonl").write_text('{"text": "Who was Blackbeard?", "route": "pirate"}\n')
+    result = evaluate(
+        "--tune", str(tmp_path / "tune.jsonl"), "--test", str(tmp_path / "test.jsonl")
+    )
+    assert result.exit_code == 1
+    assert "1 test prompts are utterances of the table" in flat(result.stderr)
+    assert len(loads.calls) == before
 
 
 def test_evaluate_refuses_one_set_for_both(loads: Loads) -> None:
