@@ -40,10 +40,10 @@ UNFUSED = ["LayerNormFusion", "SimplifiedLayerNormFusion", "SkipLayerNormFusion"
 # all-MiniLM-L6-v2 was trained on at most 256 tokens.
 MAX_MODEL_TOKENS = 256
 # A text longer than `max_tokens` keeps its first tokens and this share of them from its end.
+TAIL_SHARE = 0.25
 # Before tokenizing, a very long text is cut to this many characters per token at each end
 # (far more than the window needs: tokenizing megabytes costs milliseconds).
 WINDOW_CHARS_PER_TOKEN = 16
-TAIL_SHARE = 0.25
 
 
 class Embedder(Protocol):

@@ -11,6 +11,7 @@ from gateway.config import DEFAULT_CACHE_DIR
 from gateway.routing.embedder import (
     DIMENSIONS,
     MAX_MODEL_TOKENS,
+    UNFUSED,
     ModelMissing,
     OnnxEmbedder,
     Vectors,
@@ -19,7 +20,7 @@ from gateway.routing.embedder import (
     packaged_files,
     prepare_model,
 )
-from gateway.routing.export import export_fused
+from gateway.routing.export import export_fused, spell_out_layer_norms
 
 # Four sentences on each of five topics, varied in length and register; the fidelity and
 # ranking checks run on these. Under the float32 reference every sentence's nearest
@@ -346,3 +347,63 @@ def test_the_gateway_classifies_without_importing_torch(tmp_path: Path) -> None:
     )
     assert out.stdout.split("\n")[-2] == "pirate []", out.stdout + out.stderr
     assert list((tmp_path / "classifier").glob("minilm-l6-int8-*.onnx"))
+
+
+def test_spelled_out_layer_norms_compute_what_the_fused_kernel_does() -> None:
+    """Twelve chained skip layer normalisations, as the fused export has them, run by
+    onnxruntime before and after `spell_out_layer_norms`, agree to float rounding."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(7)
+    width = 16
+    initializers = []
+    nodes = []
+    previous = "x"
+    for i in range(12):
+        names = [f"gamma{i}", f"beta{i}", f"bias{i}"]
+        values = [rng.normal(1, 0.2, width), rng.normal(0, 0.2, width), rng.normal(0, 0.2, width)]
+        initializers += [
+            numpy_helper.from_array(v.astype(np.float32), n)
+            for n, v in zip(names, values, strict=True)
+        ]
+        out = "y" if i == 11 else f"h{i}"
+        nodes.append(
+            helper.make_node(
+                "SkipLayerNormalization",
+                [previous, "skip", *names[:2], names[2]],
+                [out],
+                domain="com.microsoft",
+                epsilon=1e-12,
+            )
+        )
+        previous = out
+    graph = helper.make_graph(
+        nodes,
+        "norms",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "n", width]),
+            helper.make_tensor_value_info("skip", TensorProto.FLOAT, [1, "n", width]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, "n", width])],
+        initializers,
+    )
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    fused = helper.make_model(graph, opset_imports=opsets)
+    spelled = spell_out_layer_norms(onnx.ModelProto.FromString(fused.SerializeToString()))
+    kinds = {node.op_type for node in spelled.graph.node}
+    assert "SkipLayerNormalization" not in kinds and "ReduceMean" in kinds
+    feed = {
+        "x": rng.normal(0, 3, (1, 5, width)).astype(np.float32),
+        "skip": rng.normal(0, 3, (1, 5, width)).astype(np.float32),
+    }
+    outputs = []
+    for model in (fused, spelled):
+        session = ort.InferenceSession(
+            model.SerializeToString(),
+            providers=["CPUExecutionProvider"],
+            disabled_optimizers=UNFUSED,
+        )
+        outputs.append(session.run(None, feed)[0])
+    np.testing.assert_allclose(outputs[1], outputs[0], rtol=1e-4, atol=1e-4)
