@@ -129,6 +129,9 @@ class RolloutManager:
         self._settings = settings
         self.shadow = ShadowRunner(pool, proxy, metrics, limit=settings.shadow_concurrency)
         self._live: dict[str, LiveRollout] = {}
+        # Counts this replica's own commands taken into the live view: a refresh whose read
+        # began before one reads again instead of putting the older state back.
+        self._installs = 0
         self._warm: set[int] = set()
         self._warming: dict[int, asyncio.Task[None]] = {}
         self._pending: Counter[tuple[int, int, str]] = Counter()
@@ -156,7 +159,11 @@ class RolloutManager:
 
     async def refresh(self) -> None:
         """Rebuild the live view from the registry's active rollouts (after any change)."""
-        rows = await asyncio.to_thread(self._store.active)
+        for _ in range(3):
+            seen = self._installs
+            rows = await asyncio.to_thread(self._store.active)
+            if self._installs == seen:
+                break
         live = {row.route: LiveRollout.of(row) for row in rows}
         ended = set(self._live) - set(live)
         self._live = live
@@ -169,6 +176,7 @@ class RolloutManager:
 
     def _install(self, row: RolloutRow) -> None:
         """Take one rollout's new state into the live view (this replica's own command)."""
+        self._installs += 1
         if row.active_route is None:
             # 0% at once here; the other replicas follow at the registry change.
             self._live.pop(row.route, None)
