@@ -38,7 +38,7 @@ from gateway.errors import (
     UpstreamUnavailable,
 )
 from gateway.metrics import Metrics
-from gateway.registry.changes import ChangeFeed
+from gateway.registry.changes import ChangeFeed, LocalChanges
 from gateway.registry.schema import Adapter, AdapterVersionRow, AuditEvent, VersionState
 from gateway.registry.store import SERVABLE, Registry
 from gateway.registry.validation import (
@@ -116,9 +116,8 @@ class AdapterLifecycle:
         self._servable: dict[str, AdapterVersion] = {}
         self._stable: dict[str, int | None] = {}
         self._states: dict[str, VersionState] = {}
-        # Counts changes made to the snapshot here without a refresh (a version marked
-        # failed): a refresh whose read began before one reads again instead of undoing it.
-        self._local_changes = 0
+        # Versions marked failed here: a refresh that read before one reads again.
+        self._local = LocalChanges()
         self._pinned: set[str] = set()
         self._wanted: list[str] = []
         self._verified: dict[str, tuple[str, tuple[tuple[int, int, int, int], ...]]] = {}
@@ -135,11 +134,7 @@ class AdapterLifecycle:
 
     async def refresh(self) -> None:
         """Rebuild the snapshot from the registry (after a change here or anywhere)."""
-        for _ in range(3):
-            seen = self._local_changes
-            rows = await asyncio.to_thread(self._registry.servable)
-            if self._local_changes == seen:
-                break
+        rows = await self._local.read(self._registry.servable)
         servable: dict[str, AdapterVersion] = {}
         for row in rows:
             version = _version_of(row)
@@ -250,7 +245,7 @@ class AdapterLifecycle:
                 actor=f"{SYSTEM}:loader",
                 reason=reason,
             )
-        self._local_changes += 1
+        self._local.note()
         self._states[version.engine_name] = VersionState.FAILED
         self._servable = {k: v for k, v in self._servable.items() if k != version.engine_name}
         self._publish()

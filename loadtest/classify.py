@@ -51,7 +51,9 @@ from loadtest.common import machine, machine_line, percentiles, write_json
 
 app = typer.Typer(add_completion=False, help=__doc__)
 console = Console()
-TOKEN_BUCKETS = ((0, 12), (12, 20), (20, 32), (32, 64))
+# Token counts by bucket, each [low, high); the last holds the window's limit, 64 (it was
+# [32, 64) once, so texts of exactly 64 tokens were counted nowhere).
+TOKEN_BUCKETS = ((0, 12), (12, 20), (20, 32), (32, 65))
 
 
 def _ms(values: list[float]) -> dict[str, float]:
@@ -90,7 +92,7 @@ async def _batch_one(
         await classify(index, _conversation(sample), vectors_of)
     latencies: list[float] = []
     embedded: list[float] = []
-    by_tokens: dict[str, list[float]] = {f"{lo}-{hi}": [] for lo, hi in TOKEN_BUCKETS}
+    by_tokens: dict[str, list[float]] = {f"{lo}-{hi - 1}": [] for lo, hi in TOKEN_BUCKETS}
     for _ in range(rounds):
         for sample in samples:
             text = sample.text
@@ -104,7 +106,7 @@ async def _batch_one(
             tokens = embedder.token_count(text)
             for lo, hi in TOKEN_BUCKETS:
                 if lo <= tokens < hi:
-                    by_tokens[f"{lo}-{hi}"].append(elapsed)
+                    by_tokens[f"{lo}-{hi - 1}"].append(elapsed)
     return {
         "requests": len(latencies),
         "decided_by_rules": len(latencies) - len(embedded),

@@ -12,6 +12,10 @@ newest audit event's id is a change counter. How a gateway replica learns it mov
 A part that recorded a change itself (the pool's load hooks marking a version failed)
 *requests* a refresh instead of running one: the follower wakes up and refreshes every part
 in order, outside any lock the caller holds.
+
+A part that takes its own changes into its in-memory view at once (`LocalChanges`) reads
+the registry for a refresh through `LocalChanges.read`: a read that began before such a
+change is done again, so a refresh never puts back the state the change replaced.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import SQLAlchemyError
@@ -31,6 +36,30 @@ log = logging.getLogger(__name__)
 CHANNEL = "lora_gateway_registry"
 _RECONNECT_S = (0.5, 1.0, 2.0, 5.0, 10.0)
 Refresh = Callable[[], Awaitable[None]]
+T = TypeVar("T")
+# Reads a refresh tries before it takes the last one (local changes are rare: one retry is
+# the most ever seen).
+READS = 3
+
+
+class LocalChanges:
+    """Counts the changes a part made to its own view without a refresh."""
+
+    def __init__(self) -> None:
+        self._count = 0
+
+    def note(self) -> None:
+        """A change was taken into the view here (call it before publishing the view)."""
+        self._count += 1
+
+    async def read(self, query: Callable[[], T]) -> T:
+        """`query()` in a worker thread, again if a local change landed while it ran."""
+        for _ in range(READS - 1):
+            seen = self._count
+            rows = await asyncio.to_thread(query)
+            if self._count == seen:
+                return rows
+        return await asyncio.to_thread(query)
 
 
 class ChangeFeed:

@@ -30,6 +30,7 @@ from gateway.config import RolloutSettings
 from gateway.errors import Conflict, GatewayError, RolloutNotFound, UpstreamError
 from gateway.lifecycle import AdapterLifecycle, VersionView
 from gateway.metrics import Metrics
+from gateway.registry.changes import LocalChanges
 from gateway.registry.rollouts import SHADOW_STEP, NewRollout, RolloutStore, Samples
 from gateway.registry.schema import (
     AuditEvent,
@@ -129,9 +130,9 @@ class RolloutManager:
         self._settings = settings
         self.shadow = ShadowRunner(pool, proxy, metrics, limit=settings.shadow_concurrency)
         self._live: dict[str, LiveRollout] = {}
-        # Counts this replica's own commands taken into the live view: a refresh whose read
-        # began before one reads again instead of putting the older state back.
-        self._installs = 0
+        # This replica's own commands taken into the live view: a refresh that read before
+        # one reads again.
+        self._local = LocalChanges()
         self._warm: set[int] = set()
         self._warming: dict[int, asyncio.Task[None]] = {}
         self._pending: Counter[tuple[int, int, str]] = Counter()
@@ -159,11 +160,7 @@ class RolloutManager:
 
     async def refresh(self) -> None:
         """Rebuild the live view from the registry's active rollouts (after any change)."""
-        for _ in range(3):
-            seen = self._installs
-            rows = await asyncio.to_thread(self._store.active)
-            if self._installs == seen:
-                break
+        rows = await self._local.read(self._store.active)
         live = {row.route: LiveRollout.of(row) for row in rows}
         ended = set(self._live) - set(live)
         self._live = live
@@ -176,7 +173,7 @@ class RolloutManager:
 
     def _install(self, row: RolloutRow) -> None:
         """Take one rollout's new state into the live view (this replica's own command)."""
-        self._installs += 1
+        self._local.note()
         if row.active_route is None:
             # 0% at once here; the other replicas follow at the registry change.
             self._live.pop(row.route, None)

@@ -8,7 +8,6 @@ records every rebuild and whether a replica's residency lock was held when it ra
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from gateway.config import Settings
 from gateway.metrics import Metrics
 from gateway.testing.adapters import TINY_BASE, write_adapter
 from gateway.testing.fake_vllm import FakeEngineState, create_fake_vllm
+from gateway.testing.held import HeldFirstCall
 from gateway.testing.server import serve_in_loop
 
 
@@ -208,30 +208,19 @@ async def test_a_refresh_that_read_before_a_refused_load_does_not_bring_the_vers
     it reads, then the refresh publishes: the failed version must stay out of the catalogue."""
     lifecycle = running.app.state.lifecycle
     registry = lifecycle._registry
-    original = registry.servable
-    reading, release = threading.Event(), threading.Event()
-    reads: list[int] = []
-
-    def slow_first_read() -> Any:
-        rows = original()
-        reads.append(len(rows))
-        if len(reads) == 1:
-            reading.set()
-            release.wait(5)
-        return rows
-
-    registry.servable = slow_first_read
+    held = HeldFirstCall(registry.servable)
+    registry.servable = held
     # Only the refresh under test runs: the one the refused load asks for is not started.
     lifecycle._changes.request = lambda: None
     refresh = asyncio.create_task(lifecycle.refresh())
-    await asyncio.to_thread(reading.wait, 5)
+    await held.started()
     running.engine.load_status = 500
     refused = await running.chat("pirate@2")
     assert refused.status_code == 502, refused.text
     assert "pirate@2" not in await running.models()
-    release.set()
+    held.release()
     await refresh
     # The stale first read was not published: the refresh read again.
-    assert len(reads) == 2
+    assert held.calls == 2
     assert "pirate@2" not in await running.models()
     assert "pirate@1" in await running.models()

@@ -4,11 +4,11 @@ does not put the older state back (the request path serves what the command set)
 from __future__ import annotations
 
 import asyncio
-import threading
-from typing import Any
 
 import httpx
 from fastapi import FastAPI
+
+from gateway.testing.held import HeldFirstCall
 
 ROLLOUTS = "/admin/rollouts"
 PIRATE = f"{ROLLOUTS}/pirate"
@@ -24,25 +24,14 @@ async def test_a_stale_refresh_does_not_undo_an_advance(
     assert (await client.post(f"{PIRATE}/advance")).status_code == 200
     manager = app.state.rollouts
     store = manager._store
-    original = store.active
-    reading, release = threading.Event(), threading.Event()
-    reads: list[int] = []
-
-    def slow_first_read() -> Any:
-        rows = original()
-        reads.append(len(rows))
-        if len(reads) == 1:
-            reading.set()
-            release.wait(5)
-        return rows
-
-    store.active = slow_first_read
+    held = HeldFirstCall(store.active)
+    store.active = held
     refresh = asyncio.create_task(manager.refresh())
-    await asyncio.to_thread(reading.wait, 5)
+    await held.started()
     advanced = await client.post(f"{PIRATE}/advance")  # to 40% while the refresh reads
     assert advanced.status_code == 200, advanced.text
     assert manager._live["pirate"].weight == 40.0
-    release.set()
+    held.release()
     await refresh
     assert manager._live["pirate"].weight == 40.0
-    assert len(reads) == 2  # the first read was older than the command: read again
+    assert held.calls == 2  # the first read was older than the command: read again
