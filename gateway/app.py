@@ -10,7 +10,15 @@ from collections.abc import AsyncIterator
 import httpx
 from fastapi import FastAPI
 
-from gateway.api import admin_adapters, admin_rollouts, admin_route_table, health, openai
+from gateway.api import (
+    admin_adapters,
+    admin_rollouts,
+    admin_route_table,
+    admin_usage,
+    feedback,
+    health,
+    openai,
+)
 from gateway.api.auth import ApiKeyMiddleware, KeyRing, describe_open_mode
 from gateway.api.errors import install_error_handlers
 from gateway.api.middleware import RequestContextMiddleware
@@ -19,8 +27,11 @@ from gateway.catalog import CatalogView, ModelCatalog
 from gateway.config import Settings
 from gateway.lifecycle import AdapterLifecycle
 from gateway.metrics import Metrics
+from gateway.quality.feedback import FeedbackService
+from gateway.quality.responselog import ResponseLog
 from gateway.registry.changes import ChangeFeed
 from gateway.registry.database import make_engine, session_factory, upgrade
+from gateway.registry.quality import QualityStore
 from gateway.registry.rollouts import RolloutStore
 from gateway.registry.store import Registry
 from gateway.registry.validation import BaseModelInfo, ServedBase
@@ -84,6 +95,8 @@ def create_app(
         metrics,
         settings.rollout,
     )
+    quality_store = QualityStore(session_factory(database))
+    responses = ResponseLog(quality_store, settings.quality, metrics)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -101,6 +114,7 @@ def create_app(
         pool.start(settings.health_interval_s)
         # After the engines are checked: a rollout found running warms its candidate first.
         await rollouts.start()
+        await responses.start()
         # Every change to the registry, made here or by another replica, refreshes the parts
         # in this order: the catalogue before the rollouts that name its versions, then
         # versions that may no longer serve are unloaded.
@@ -110,6 +124,7 @@ def create_app(
         finally:
             await changes.stop()
             await rollouts.stop()
+            await responses.stop()
             await router.close()
             await pool.stop()
             await proxy.close()
@@ -131,7 +146,10 @@ def create_app(
     app.state.lifecycle = lifecycle
     app.state.router = router
     app.state.rollouts = rollouts
-    app.state.service = OpenAIService(catalogs, pool, proxy, metrics, router, rollouts)
+    app.state.service = OpenAIService(catalogs, pool, proxy, metrics, router, rollouts, responses)
+    app.state.quality_store = quality_store
+    app.state.responses = responses
+    app.state.feedback = FeedbackService(quality_store, responses, metrics)
     app.state.supervisor = supervisor
     app.state.changes = changes
     install_error_handlers(app)
@@ -139,6 +157,8 @@ def create_app(
     app.include_router(admin_adapters.router)
     app.include_router(admin_route_table.router)
     app.include_router(admin_rollouts.router)
+    app.include_router(admin_usage.router)
+    app.include_router(feedback.router)
     app.include_router(health.router)
     # Added first, so it runs inside the request-id middleware (refusals carry the id).
     app.add_middleware(ApiKeyMiddleware, keyring=keyring, metrics=metrics)

@@ -100,6 +100,31 @@ class RolloutSettings(BaseModel):
     warmup_max_tokens: int = Field(default=1, ge=1, le=256)
 
 
+TextPolicy = Literal["off", "sampled", "all"]
+
+
+class QualitySettings(BaseModel):
+    """The response log, feedback and the quality scorers."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Prompt and answer text in the response log: never (`off`), for scored requests and a
+    # `text_sample_rate` share of the others (`sampled`), or for every request (`all`).
+    keep_text: TextPolicy = "sampled"
+    text_sample_rate: float = Field(default=0.01, ge=0.0, le=1.0)
+    # Longest prompt or answer kept, in characters (the rest is cut).
+    max_text_chars: int = Field(default=16_384, ge=256, le=1_048_576)
+    # How often answered requests are written to the registry, in one batch.
+    flush_s: float = Field(default=1.0, gt=0, le=60)
+    # Records waiting for the writer; past this they are dropped (counted), never waited for.
+    max_pending: int = Field(default=50_000, ge=100)
+    # Records (and their feedback) are deleted after this many days, their text sooner.
+    retention_days: float = Field(default=30.0, gt=0)
+    text_retention_days: float = Field(default=7.0, gt=0)
+    # Feedback comments longer than this are refused.
+    max_comment_chars: int = Field(default=4096, ge=0, le=65_536)
+
+
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -174,6 +199,7 @@ class Settings(BaseSettings):
 
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
     rollout: RolloutSettings = Field(default_factory=RolloutSettings)
+    quality: QualitySettings = Field(default_factory=QualitySettings)
 
     # sha256 of the admin key for `/admin` (`lora-gateway keys new` makes one).
     admin_key_sha256: str | None = None

@@ -3,7 +3,8 @@
 GatewayError                      500 internal_error
 ├── InvalidRequest                400 invalid_request_error
 │   ├── BodyTooLarge              413 invalid_request_error / body_too_large
-│   └── InvalidRouteTable         400 invalid_request_error / invalid_route_table (every problem)
+│   ├── InvalidRouteTable         400 invalid_request_error / invalid_route_table (every problem)
+│   └── InvalidScorerConfig       400 invalid_request_error / invalid_scorer_config (every problem)
 ├── Unauthorized                  401 invalid_request_error / invalid_api_key
 ├── PermissionDenied              403 permission_error
 ├── RateLimited                   429 rate_limit_error (with Retry-After)
@@ -11,6 +12,7 @@ GatewayError                      500 internal_error
 ├── RouteNotFound                 404 invalid_request_error / not_found
 ├── AdapterNotFound               404 invalid_request_error / adapter_not_found (registry)
 ├── RolloutNotFound               404 invalid_request_error / rollout_not_found
+├── ResponseNotFound              404 invalid_request_error / response_not_found (feedback)
 ├── Conflict                      409 invalid_request_error / conflict (registry state)
 ├── ClassifierUnavailable         503 classifier_unavailable (the embedding model is missing)
 └── UpstreamError                 502 upstream_error
@@ -96,6 +98,16 @@ class InvalidRouteTable(InvalidRequest):
         self.problems = problems
 
 
+class InvalidScorerConfig(InvalidRequest):
+    """A scorer configuration that cannot be used; the one in use stays."""
+
+    code = "invalid_scorer_config"
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("invalid scorer config: " + "; ".join(problems), param="scorers")
+        self.problems = problems
+
+
 class ModelNotFound(GatewayError):
     """The `model` field names no base model, adapter or adapter version."""
 
@@ -110,6 +122,14 @@ class RolloutNotFound(GatewayError):
     status_code = 404
     error_type = "invalid_request_error"
     code = "rollout_not_found"
+
+
+class ResponseNotFound(GatewayError):
+    """No answered request of this tenant has that id (unknown, expired, or another's)."""
+
+    status_code = 404
+    error_type = "invalid_request_error"
+    code = "response_not_found"
 
 
 class RouteNotFound(GatewayError):

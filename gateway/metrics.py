@@ -180,3 +180,29 @@ class Metrics:
             ["route", "outcome"],
             registry=r,
         )
+        self.response_log_records = Counter(
+            "gateway_response_log_records_total",
+            "Answered requests for the response log, per outcome (written, dropped: the "
+            "buffer was full or a failed batch did not fit back).",
+            ["outcome"],
+            registry=r,
+        )
+        self.response_log_pending = Gauge(
+            "gateway_response_log_pending",
+            "Response records waiting for the writer.",
+            registry=r,
+        )
+        self.tokens = Counter(
+            "gateway_tokens_total",
+            "Tokens of answered requests, per tenant (API key name), adapter (route or base "
+            "model) and kind (prompt, completion).",
+            ["tenant", "adapter", "kind"],
+            registry=r,
+        )
+        self.feedback = Counter(
+            "gateway_feedback_total",
+            "Users' ratings received, per route, variant (stable, canary, none) and rating "
+            "(up, down, score_1..score_5, value).",
+            ["route", "variant", "rating"],
+            registry=r,
+        )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -27,6 +28,8 @@ from gateway.api.responses import RelayResponse
 from gateway.catalog import CatalogView, ModelCatalog, Target
 from gateway.errors import GatewayError, InvalidRequest, PermissionDenied, error_body
 from gateway.metrics import Metrics, status_class
+from gateway.quality.records import Served
+from gateway.quality.responselog import ResponseLog
 from gateway.rollout.manager import Assignment, RolloutManager
 from gateway.rollout.shadow import MAX_BODY_CHARS, PairHalf
 from gateway.routing.classifier import Decision
@@ -51,6 +54,7 @@ class OpenAIService:
         metrics: Metrics,
         router: AutoRouter | None = None,
         rollouts: RolloutManager | None = None,
+        responses: ResponseLog | None = None,
     ) -> None:
         self._catalogs = catalogs
         self._pool = pool
@@ -58,6 +62,8 @@ class OpenAIService:
         self._metrics = metrics
         self._router = router
         self._rollouts = rollouts
+        self._responses = responses
+        self._random = random.Random()
 
     @property
     def catalog(self) -> ModelCatalog:
@@ -103,6 +109,8 @@ class OpenAIService:
         payload["model"] = target.engine_model
         rename = ModelRename.of(target.engine_model, called)
         stream = payload.get("stream") is True
+        entry = self._entry(request_id, principal, endpoint, target, assignment, stream, payload)
+        strip_usage = stream and entry is not None and _ask_for_usage(payload)
         self._metrics.in_flight.inc()
         try:
             lease, reply = await self._send(
@@ -110,7 +118,9 @@ class OpenAIService:
             )
         except BaseException as exc:
             self._metrics.in_flight.dec()
-            self._record(endpoint, target, _failure_status(exc), started)
+            status = _failure_status(exc)
+            self._record(endpoint, target, status, started)
+            self._log(entry, status, started, b"")
             raise
         half = self._shadow(assignment)
         if reply.stream is None:
@@ -118,12 +128,13 @@ class OpenAIService:
             self._metrics.in_flight.dec()
             self._record(endpoint, target, reply.status, started)
             body = reply.body if rename is None else rename.apply(reply.body)
+            self._log(entry, reply.status, started, body)
             if half is not None:
                 half.primary_done(reply.status, body, time.perf_counter() - started)
             return Response(
                 body, status_code=reply.status, media_type=reply.content_type, headers=headers
             )
-        end = _StreamEnd(self, reply, lease, endpoint, target, started, half)
+        end = _StreamEnd(self, reply, lease, endpoint, target, started, half, entry, strip_usage)
         return RelayResponse(
             self._relay(reply, end, request_id, rename),
             status_code=reply.status,
@@ -131,6 +142,47 @@ class OpenAIService:
             headers={**headers, "cache-control": "no-cache", "x-accel-buffering": "no"},
             on_close=end.finish,
         )
+
+    def _entry(
+        self,
+        request_id: str,
+        principal: Principal | None,
+        endpoint: str,
+        target: Target,
+        assignment: Assignment | None,
+        stream: bool,
+        payload: dict[str, Any],
+    ) -> Served | None:
+        """The response log's record of this request, to be completed when it ends."""
+        if self._responses is None:
+            return None
+        draw = self._random.random()
+        adapter = target.adapter
+        return Served(
+            request_id=request_id,
+            tenant=principal.name if principal is not None else "-",
+            endpoint=endpoint,
+            route=target.route,
+            version=adapter.version if adapter is not None else None,
+            variant=assignment.variant if assignment is not None else None,
+            rollout_id=assignment.rollout_id if assignment is not None else None,
+            status=0,
+            stream=stream,
+            at=time.time(),
+            latency_s=0.0,
+            ttft_s=None,
+            draw=draw,
+            payload=payload if self._responses.keeps_text(target.route, draw) else None,
+            body=b"",
+        )
+
+    def _log(self, entry: Served | None, status: int, started: float, body: bytes) -> None:
+        if entry is None or self._responses is None:
+            return
+        entry.status = status
+        entry.latency_s = time.perf_counter() - started
+        entry.body = body
+        self._responses.record(entry)
 
     def _assign(
         self,
@@ -186,14 +238,18 @@ class OpenAIService:
         try:
             async for engine_chunk in reply.stream:
                 chunk = engine_chunk if rename is None else rename.apply(engine_chunk)
+                if end.entry is not None and b'"usage"' in chunk:
+                    chunk = end.take_usage(chunk)
                 end.keep(chunk)
                 if first:
                     first = False
                     target = end.target
+                    end.first_s = time.perf_counter() - end.started
                     self._metrics.time_to_first_token.labels(
                         end.endpoint, target.adapter_label, target.version_label
-                    ).observe(time.perf_counter() - end.started)
-                yield chunk
+                    ).observe(end.first_s)
+                if chunk:
+                    yield chunk
         except GatewayError as exc:
             # Headers are gone already: end the stream with an error event, then close.
             end.status = exc.status_code
@@ -243,9 +299,17 @@ class _StreamEnd:
         target: Target,
         started: float,
         half: PairHalf | None = None,
+        entry: Served | None = None,
+        strip_usage: bool = False,
     ) -> None:
         self.service = service
         self.half = half
+        self.entry = entry
+        # The gateway asked the engine for the usage event the client did not ask for.
+        self.strip_usage = strip_usage
+        self.first_s: float | None = None
+        # The answer's events are kept for the shadow pair or the response log's text.
+        self._keep = half is not None or (entry is not None and entry.payload is not None)
         self._kept: list[bytes] = []
         self._kept_bytes = 0
         self.reply = reply
@@ -258,8 +322,8 @@ class _StreamEnd:
         self._done = False
 
     def keep(self, chunk: bytes) -> None:
-        """Keep the streamed answer of a request with a shadow copy (bounded)."""
-        if self.half is not None and self._kept_bytes < MAX_BODY_CHARS * 4:
+        """Keep the streamed answer when its text is needed (bounded)."""
+        if self._keep and self._kept_bytes < MAX_BODY_CHARS * 4:
             self._kept.append(chunk)
             self._kept_bytes += len(chunk)
 
@@ -272,9 +336,24 @@ class _StreamEnd:
         self.lease.release()
         self.service._metrics.in_flight.dec()
         self.service._record(self.endpoint, self.target, self.status, self.started)
+        kept = b"".join(self._kept)
+        if self.entry is not None:
+            self.entry.ttft_s = self.first_s
+            self.service._log(self.entry, self.status, self.started, kept)
         if self.half is not None:
             elapsed = time.perf_counter() - self.started
-            self.half.primary_done(self.status, b"".join(self._kept), elapsed)
+            self.half.primary_done(self.status, kept, elapsed)
+
+    def take_usage(self, chunk: bytes) -> bytes:
+        """Keep the usage event of `chunk` for the response log; drop it from what the
+        client gets when only the gateway asked for it."""
+        found = usage_event(chunk)
+        if found is None:
+            return chunk
+        start, end, event = found
+        assert self.entry is not None
+        self.entry.usage = event
+        return chunk[:start] + chunk[end:] if self.strip_usage else chunk
 
 
 def _model_entry(
@@ -311,6 +390,38 @@ def _may_use(principal: Principal | None, route: str, base_model: str) -> bool:
     except PermissionDenied:
         return False
     return True
+
+
+def _ask_for_usage(payload: dict[str, Any]) -> bool:
+    """Ask the engine for a stream's usage event; True when the client did not (the
+    gateway then takes the event out of what the client gets)."""
+    options = payload.get("stream_options")
+    if options is None:
+        payload["stream_options"] = {"include_usage": True}
+        return True
+    if isinstance(options, dict) and options.get("include_usage") is not True:
+        payload["stream_options"] = {**options, "include_usage": True}
+        return True
+    return False
+
+
+def usage_event(chunk: bytes) -> tuple[int, int, bytes] | None:
+    """(start, end, JSON) of the usage-only event (no choices) in `chunk`, if it has one."""
+    at = chunk.find(b'"usage"')
+    while at >= 0:
+        start = chunk.rfind(b"data:", 0, at)
+        end = chunk.find(b"\n\n", at)
+        if start >= 0:
+            end = len(chunk) if end < 0 else end + 2
+            event = chunk[start + 5 : end].strip()
+            try:
+                parsed = json.loads(event)
+            except ValueError:
+                parsed = None
+            if isinstance(parsed, dict) and parsed.get("choices") == [] and parsed.get("usage"):
+                return start, end, event
+        at = chunk.find(b'"usage"', at + 1)
+    return None
 
 
 def _failure_status(exc: BaseException) -> int:

@@ -7,6 +7,11 @@ Every change is an `AuditEvent`. Route tables of `model: "auto"` are kept whole,
 replacement (`RouteTableRow`; the newest is in use). A rollout (`RolloutRow`) moves a route
 from its stable version to a candidate version; its request counts per step and variant are
 `RolloutSampleRow`s and the shadow answers kept for comparison are `ShadowPairRow`s.
+
+Quality: every answered request is a `ResponseRow` (its text only when kept); users' ratings
+are `FeedbackRow`s and scorers' results `ScoreRow`s. Both feed per-rollout, per-variant
+running sums (`SignalAggregateRow`) and a bounded sample of raw values
+(`SignalReservoirRow`), updated in the transaction that stores the rating or the score.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     DateTime,
     Dialect,
     Enum,
@@ -205,3 +211,105 @@ class ShadowPairRow(Base):
     shadow_body: Mapped[str] = mapped_column(Text)
     shadow_ms: Mapped[float]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ResponseRow(Base):
+    __tablename__ = "responses"
+    # Request ids may come from clients: they are unique per tenant, and a tenant only ever
+    # finds its own.
+    __table_args__ = (UniqueConstraint("tenant", "request_id", name="uq_response_tenant_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    request_id: Mapped[str] = mapped_column(String(128))
+    tenant: Mapped[str] = mapped_column(String(64))
+    at: Mapped[datetime] = mapped_column(index=True)
+    endpoint: Mapped[str] = mapped_column(String(64))
+    # The route (adapter name) that served, or the base model's name.
+    route: Mapped[str] = mapped_column(String(256))
+    version: Mapped[int | None]
+    # stable or canary under a rollout, else NULL.
+    variant: Mapped[str | None] = mapped_column(String(16))
+    rollout_id: Mapped[int | None] = mapped_column(index=True)
+    status: Mapped[int]
+    stream: Mapped[bool]
+    latency_ms: Mapped[float]
+    ttft_ms: Mapped[float | None]
+    prompt_tokens: Mapped[int | None]
+    completion_tokens: Mapped[int | None]
+    prompt_text: Mapped[str | None] = mapped_column(Text)
+    answer_text: Mapped[str | None] = mapped_column(Text)
+
+
+class FeedbackRow(Base):
+    __tablename__ = "feedback"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    response_id: Mapped[int] = mapped_column(
+        ForeignKey("responses.id", ondelete="CASCADE"), unique=True
+    )
+    # The rating as sent (`{"thumbs": "up"}`, `{"score": 4}`, `{"value": 0.8}`) and its value
+    # on one scale, 0 (bad) to 1 (good).
+    rating: Mapped[dict[str, Any]] = mapped_column(JSON)
+    value: Mapped[float]
+    comment: Mapped[str | None] = mapped_column(Text)
+    tags: Mapped[list[str]] = mapped_column(JSON)
+    # Earlier ratings of the same response, oldest first.
+    history: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ScoreRow(Base):
+    __tablename__ = "scores"
+    # One score per scorer and answer: `r<response id>` or `p<pair id>:<side>`.
+    __table_args__ = (UniqueConstraint("subject", "scorer", name="uq_score_subject"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    subject: Mapped[str] = mapped_column(String(160))
+    response_id: Mapped[int | None] = mapped_column(
+        ForeignKey("responses.id", ondelete="CASCADE"), index=True
+    )
+    rollout_id: Mapped[int | None] = mapped_column(index=True)
+    route: Mapped[str] = mapped_column(String(256))
+    version: Mapped[int | None]
+    variant: Mapped[str | None] = mapped_column(String(16))
+    scorer: Mapped[str] = mapped_column(String(64))
+    value: Mapped[float]
+    passed: Mapped[bool | None]
+    detail: Mapped[str] = mapped_column(String(512), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class SignalAggregateRow(Base):
+    __tablename__ = "signal_aggregates"
+
+    rollout_id: Mapped[int] = mapped_column(
+        ForeignKey("rollouts.id", ondelete="CASCADE"), primary_key=True
+    )
+    # stable, canary, shadow (the candidate's shadow answers) or paired (shadow minus stable
+    # on the same request).
+    variant: Mapped[str] = mapped_column(String(16), primary_key=True)
+    # `satisfaction` (feedback) or a scorer's name.
+    signal: Mapped[str] = mapped_column(String(80), primary_key=True)
+    count: Mapped[int] = mapped_column(default=0)
+    total: Mapped[float] = mapped_column(default=0.0)
+    total_sq: Mapped[float] = mapped_column(default=0.0)
+    # Pass/fail signals (verifiers, thumbs); both 0 for plain numbers.
+    passes: Mapped[int] = mapped_column(default=0)
+    fails: Mapped[int] = mapped_column(default=0)
+
+
+class SignalReservoirRow(Base):
+    __tablename__ = "signal_reservoir"
+
+    rollout_id: Mapped[int] = mapped_column(
+        ForeignKey("rollouts.id", ondelete="CASCADE"), primary_key=True
+    )
+    variant: Mapped[str] = mapped_column(String(16), primary_key=True)
+    signal: Mapped[str] = mapped_column(String(80), primary_key=True)
+    # Each item hashes to one slot; a slot keeps the item with the lowest rank (a second
+    # hash), so the sample is the same whatever order replicas write in.
+    slot: Mapped[int] = mapped_column(primary_key=True)
+    item: Mapped[str] = mapped_column(String(160))
+    rank: Mapped[int] = mapped_column(BigInteger)
+    value: Mapped[float]

@@ -31,6 +31,8 @@ class FakeEngineState:
     stream_chunks: int = 3
     chunk_delay_s: float = 0.0
     status: int = 200
+    # The text of every whole (not streamed) answer.
+    answer: str = "Hello from the fake engine."
     received: list[dict[str, Any]] = field(default_factory=list)
     received_headers: list[dict[str, str]] = field(default_factory=list)
     keep_records: bool = True
@@ -101,11 +103,17 @@ def create_fake_vllm(state: FakeEngineState | None = None) -> Starlette:
         if state.delay_s:
             await asyncio.sleep(state.delay_s)
         chat = request.url.path.endswith("/chat/completions")
+        # Like vLLM: the answer's id is the request id the gateway sent, with a prefix.
+        answer_id = ("chatcmpl-" if chat else "cmpl-") + request.headers.get("x-request-id", "x")
         if payload.get("stream"):
+            options = payload.get("stream_options") or {}
+            usage = isinstance(options, dict) and options.get("include_usage") is True
             return StreamingResponse(
-                _stream(state, payload["model"], chat), media_type="text/event-stream"
+                _stream(state, payload["model"], chat, answer_id, usage),
+                media_type="text/event-stream",
             )
-        return JSONResponse(_completion(payload["model"], chat, "Hello from the fake engine."))
+        body = _completion(payload["model"], chat, state.answer)
+        return JSONResponse({**body, "id": answer_id})
 
     routes = [
         Route("/health", health),
@@ -144,7 +152,9 @@ class EngineDied(RuntimeError):
     """Raised inside a stream so the server drops the connection mid-answer."""
 
 
-async def _stream(state: FakeEngineState, model: str, chat: bool) -> AsyncIterator[bytes]:
+async def _stream(
+    state: FakeEngineState, model: str, chat: bool, answer_id: str, usage: bool
+) -> AsyncIterator[bytes]:
     for i in range(state.stream_chunks):
         if state.break_after_chunks is not None and i >= state.break_after_chunks:
             yield b'data: {"id": "cmpl-fa'  # half an event, then the connection drops
@@ -158,13 +168,25 @@ async def _stream(state: FakeEngineState, model: str, chat: bool) -> AsyncIterat
             else {"index": 0, "text": piece, "finish_reason": None}
         )
         chunk = {
-            "id": "cmpl-fake",
+            "id": answer_id,
             "object": "chat.completion.chunk" if chat else "text_completion",
             "created": 0,
             "model": model,
             "choices": [choice],
         }
         yield b"data: " + json.dumps(chunk).encode() + b"\n\n"
+    if usage:
+        # vLLM's last event when usage is asked for: no choices, the counts.
+        n = state.stream_chunks
+        last: dict[str, Any] = {
+            "id": answer_id,
+            "object": "chat.completion.chunk" if chat else "text_completion",
+            "created": 0,
+            "model": model,
+            "choices": [],
+            "usage": {"prompt_tokens": 3, "completion_tokens": n, "total_tokens": 3 + n},
+        }
+        yield b"data: " + json.dumps(last).encode() + b"\n\n"
     yield b"data: [DONE]\n\n"
 
 

@@ -1,0 +1,1 @@
+"""Quality signals: response log, scorers, feedback, per-variant aggregates."""
