@@ -9,10 +9,12 @@ from gateway.cli.adapters import adapters_app
 from gateway.cli.keys import keys_app
 from gateway.cli.rollouts import rollouts_app
 from gateway.cli.routes import routes_app
+from gateway.cli.usage import usage
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 app.command()(serve.prepare)
 app.command()(serve.serve)
+app.command()(usage)
 app.add_typer(adapters_app, name="adapters")
 app.add_typer(keys_app, name="keys")
 app.add_typer(routes_app, name="routes")

@@ -68,7 +68,8 @@ class Feedback:
 
 @dataclass(frozen=True)
 class NewScore:
-    """One scorer's result on one answer."""
+    """One scorer's result on one answer: a served one (named by tenant and request id; its
+    subject is then `r<response id>`) or a shadow pair's (`subject` `p<pair id>:<side>`)."""
 
     subject: str
     scorer: str
@@ -274,6 +275,7 @@ class QualityStore:
         with self._write, self._sessions.begin() as session:
             for score in scores:
                 response_id = None
+                subject = score.subject
                 if score.tenant is not None and score.request_id is not None:
                     response_id = session.scalar(
                         select(ResponseRow.id).where(
@@ -281,11 +283,14 @@ class QualityStore:
                             ResponseRow.request_id == score.request_id,
                         )
                     )
+                    if response_id is None:
+                        continue  # expired before it was scored
+                    subject = f"r{response_id}"
                 try:
                     with session.begin_nested():
                         session.add(
                             ScoreRow(
-                                subject=score.subject,
+                                subject=subject,
                                 response_id=response_id,
                                 rollout_id=score.rollout_id,
                                 route=score.route,
@@ -303,7 +308,7 @@ class QualityStore:
                 if score.rollout_id is not None and score.variant is not None:
                     key = (score.rollout_id, score.variant, score.scorer)
                     _bump(session, key, Totals().plus(score.value, score.passed))
-                    _sample(session, key, score.subject, score.value)
+                    _sample(session, key, subject, score.value)
         return stored
 
     # -- aggregates ---------------------------------------------------------------------

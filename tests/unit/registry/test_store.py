@@ -7,13 +7,8 @@ trust auth; `scripts/test.sh` starts it when it is down): each test gets a new d
 
 from __future__ import annotations
 
-import os
-import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
-import psycopg
 import pytest
 from sqlalchemy import Engine, inspect
 
@@ -22,7 +17,6 @@ from gateway.registry import database
 from gateway.registry.schema import AuditEvent, VersionState
 from gateway.registry.store import Registry, VersionSpec
 
-ADMIN_URL = os.environ.get("GATEWAY_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 TABLES = {"adapters", "adapter_versions", "audit_events"}
 
 
@@ -35,24 +29,6 @@ def _spec(content: str = "a", rank: int = 8) -> VersionSpec:
         target_modules=["q_proj", "v_proj"],
         manifest={"dataset": "pirate.jsonl", "steps": 30},
     )
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    if request.param == "sqlite":
-        url = database.default_url(tmp_path)
-        engine = database.make_engine(url)
-        yield engine
-        engine.dispose()
-        return
-    name = f"gw_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    engine = database.make_engine(ADMIN_URL.rsplit("/", 1)[0] + f"/{name}")
-    yield engine
-    engine.dispose()
-    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
 @pytest.fixture
