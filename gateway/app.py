@@ -14,6 +14,7 @@ from gateway.api import (
     admin_adapters,
     admin_rollouts,
     admin_route_table,
+    admin_scorers,
     admin_usage,
     feedback,
     health,
@@ -29,10 +30,13 @@ from gateway.lifecycle import AdapterLifecycle
 from gateway.metrics import Metrics
 from gateway.quality.feedback import FeedbackService
 from gateway.quality.responselog import ResponseLog
+from gateway.quality.scorers import ScorerConfigs
+from gateway.quality.scoring import Scoring
 from gateway.registry.changes import ChangeFeed
 from gateway.registry.database import make_engine, session_factory, upgrade
 from gateway.registry.quality import QualityStore
 from gateway.registry.rollouts import RolloutStore
+from gateway.registry.scorers import ScorerConfigStore
 from gateway.registry.store import Registry
 from gateway.registry.validation import BaseModelInfo, ServedBase
 from gateway.rollout.manager import RolloutManager
@@ -97,6 +101,11 @@ def create_app(
     )
     quality_store = QualityStore(session_factory(database))
     responses = ResponseLog(quality_store, settings.quality, metrics)
+    scoring = Scoring(quality_store, metrics, max_queue=settings.quality.max_score_queue)
+    scorers = ScorerConfigs(ScorerConfigStore(session_factory(database)), scoring, metrics)
+    responses.score_rate = scoring.rate
+    responses.listen(scoring.submit)
+    rollouts.listen_pairs(scoring.submit_pairs)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -114,17 +123,22 @@ def create_app(
         pool.start(settings.health_interval_s)
         # After the engines are checked: a rollout found running warms its candidate first.
         await rollouts.start()
+        await scorers.start(settings.quality.scorers)
+        await scoring.start()
         await responses.start()
         # Every change to the registry, made here or by another replica, refreshes the parts
         # in this order: the catalogue before the rollouts that name its versions, then
         # versions that may no longer serve are unloaded.
-        await changes.start(lifecycle.refresh, router.refresh, rollouts.refresh, pool.sweep)
+        await changes.start(
+            lifecycle.refresh, router.refresh, rollouts.refresh, scorers.refresh, pool.sweep
+        )
         try:
             yield
         finally:
             await changes.stop()
             await rollouts.stop()
             await responses.stop()
+            await scoring.stop()
             await router.close()
             await pool.stop()
             await proxy.close()
@@ -149,6 +163,8 @@ def create_app(
     app.state.service = OpenAIService(catalogs, pool, proxy, metrics, router, rollouts, responses)
     app.state.quality_store = quality_store
     app.state.responses = responses
+    app.state.scorers = scorers
+    app.state.scoring = scoring
     app.state.feedback = FeedbackService(quality_store, responses, metrics)
     app.state.supervisor = supervisor
     app.state.changes = changes
@@ -158,6 +174,7 @@ def create_app(
     app.include_router(admin_route_table.router)
     app.include_router(admin_rollouts.router)
     app.include_router(admin_usage.router)
+    app.include_router(admin_scorers.router)
     app.include_router(feedback.router)
     app.include_router(health.router)
     # Added first, so it runs inside the request-id middleware (refusals carry the id).

@@ -123,6 +123,12 @@ class QualitySettings(BaseModel):
     text_retention_days: float = Field(default=7.0, gt=0)
     # Feedback comments longer than this are refused.
     max_comment_chars: int = Field(default=4096, ge=0, le=65_536)
+    # The scorer configuration a registry without one starts with: a YAML file, or `demo`
+    # (verifiers for the demo adapters' routes). None: nothing is scored until one is put
+    # through `PUT /admin/scorers`. Once the registry holds one, the registry's is used.
+    scorers: str | None = None
+    # Answers (or shadow pairs) waiting to be scored; past this they are dropped (counted).
+    max_score_queue: int = Field(default=10_000, ge=10)
 
 
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")

@@ -206,3 +206,40 @@ class Metrics:
             ["route", "variant", "rating"],
             registry=r,
         )
+        self.quality_scores = Counter(
+            "gateway_quality_scores_total",
+            "Scores given by the verifier scorers (counted once their batch is written), per "
+            "route, variant (stable, canary, shadow, paired, none: not aggregated), scorer and "
+            "result (pass, fail, value: no verdict).",
+            ["route", "variant", "scorer", "result"],
+            registry=r,
+        )
+        # A Counter, so that rate() survives restarts; it cannot go down, so paired
+        # differences (negative when the candidate does worse) are left out: their mean is
+        # the rollout's `paired` aggregate in the registry.
+        self.quality_score_value_sum = Counter(
+            "gateway_quality_score_value_sum",
+            "Sum of the values of the scores counted in gateway_quality_scores_total (for a "
+            "mean), but the paired variant's differences.",
+            ["route", "variant", "scorer"],
+            registry=r,
+        )
+        self.quality_queue_depth = Gauge(
+            "gateway_quality_queue_depth",
+            "Scoring jobs waiting, per kind of scorer (verifier).",
+            ["kind"],
+            registry=r,
+        )
+        self.quality_dropped = Counter(
+            "gateway_quality_dropped_total",
+            "Scoring jobs dropped, per kind of scorer (verifier): the queue was full, their "
+            "batch could not be stored, or they were still queued at shutdown.",
+            ["kind"],
+            registry=r,
+        )
+        self.quality_scorer_errors = Counter(
+            "gateway_quality_scorer_errors_total",
+            "Answers a scorer failed on (a bug in the scorer: its score is skipped).",
+            ["scorer"],
+            registry=r,
+        )

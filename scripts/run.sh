@@ -6,8 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # Models come from local packages and files only: never ask a model hub.
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-# `model: "auto"` starts with the demo route table (the registry's table once one is put).
+# `model: "auto"` starts with the demo route table and the quality scorers with the demo
+# verifiers (the registry's once one is put).
 export GATEWAY_ROUTING__TABLE=${GATEWAY_ROUTING__TABLE:-demo}
+export GATEWAY_QUALITY__SCORERS=${GATEWAY_QUALITY__SCORERS:-demo}
 scripts/setup.sh
 # The gateway prepares what it serves and says where things are; the demo adapters are the
 # adapter pipeline's to train (both skip what is already there).

@@ -4,7 +4,7 @@
   and warmed up on every replica before the rollout exists.
 - `GET /admin/rollouts`: recent rollouts; `GET /admin/rollouts/{route}`: the route's active
   rollout (else its latest) with samples per step and variant, time in step, what the step
-  still lacks and the latest decisions.
+  still lacks, the latest decisions and the quality signals per variant.
 - `POST /admin/rollouts/{route}/{pause|resume|advance|promote|rollback|abort}`.
 - `POST /admin/rollouts/{route}/assignments`: which variant each subject gets now.
 - `GET /admin/rollouts/{route}/shadow-pairs`: (primary, shadow) answers for comparison.
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 
 from gateway.api.deps import ActorDep, RolloutsDep
 from gateway.api.rollout_models import (
@@ -25,8 +25,10 @@ from gateway.api.rollout_models import (
     RolloutOut,
     ShadowPairList,
     ShadowPairOut,
+    SignalOut,
     StartBody,
 )
+from gateway.quality.signals import summaries
 from gateway.rollout.machine import Command
 
 router = APIRouter(prefix="/admin", tags=["admin"])
@@ -50,9 +52,12 @@ async def list_rollouts(
 
 
 @router.get("/rollouts/{route}")
-async def status(route: str, rollouts: RolloutsDep) -> RolloutOut:
-    """The route's active rollout, or its latest one."""
-    return RolloutOut.of(await rollouts.status(route))
+async def status(route: str, rollouts: RolloutsDep, request: Request) -> RolloutOut:
+    """The route's active rollout, or its latest one, with its quality signals per variant."""
+    out = RolloutOut.of(await rollouts.status(route))
+    signals = await summaries(request.app.state.quality_store, out.id)
+    out.signals = [SignalOut.model_validate(s, from_attributes=True) for s in signals]
+    return out
 
 
 @router.post("/rollouts/{route}/assignments")

@@ -52,6 +52,18 @@ class StepSamples(BaseModel):
     counts: dict[str, int]
 
 
+class SignalOut(BaseModel):
+    """One quality signal of one variant (`paired`: candidate minus stable on shadow pairs)."""
+
+    variant: str
+    signal: str
+    count: int
+    mean: float | None
+    sd: float | None
+    passes: int
+    fails: int
+
+
 class RolloutOut(BaseModel):
     """A rollout: where it is, what it has seen, what it still needs, what was decided."""
 
@@ -77,6 +89,8 @@ class RolloutOut(BaseModel):
     missing: list[str]
     warm_here: bool
     events: list[AuditOut]
+    # Filled in by the status read only.
+    signals: list[SignalOut] = []
 
     @classmethod
     def of(cls, status: RolloutStatus) -> RolloutOut:

@@ -200,8 +200,38 @@ def _events_table(r: Json) -> Table:
     return table
 
 
+SIGNAL_VARIANTS = ("stable", "canary", "shadow", "paired")
+
+
+def _signal_cell(s: Json | None) -> str:
+    """`mean ± sd (n)`, plus the pass rate where values pass or fail."""
+    if s is None or not s["count"]:
+        return "-"
+    cell = f"{s['mean']:.3g}"
+    if s["sd"] is not None:
+        cell += f" ± {s['sd']:.2g}"
+    cell += f" (n={s['count']})"
+    judged = s["passes"] + s["fails"]
+    if judged:
+        cell += f", {100 * s['passes'] / judged:.0f}% pass"
+    return cell
+
+
+def _signals_table(r: Json) -> Table:
+    """Each signal's variants side by side (`paired`: candidate minus stable, same requests)."""
+    table = Table("signal", *SIGNAL_VARIANTS, title="quality signals")
+    by_signal: dict[str, dict[str, Json]] = {}
+    for s in r["signals"]:
+        by_signal.setdefault(s["signal"], {})[s["variant"]] = s
+    for signal, variants in by_signal.items():
+        table.add_row(escape(signal), *(_signal_cell(variants.get(v)) for v in SIGNAL_VARIANTS))
+    return table
+
+
 def _status(r: Json) -> list[RenderableType]:
     out: list[RenderableType] = [_summary(r), _samples_table(r)]
+    if r.get("signals"):
+        out.append(_signals_table(r))
     if r["events"]:
         out.append(_events_table(r))
     return out

@@ -56,15 +56,25 @@ def token_counts(served: Served) -> tuple[int | None, int | None]:
 
 def answer_text(served: Served) -> str | None:
     """The first choice's text (a stream's pieces joined); None when there is none."""
-    if served.status != 200 or not served.body:
+    if served.status != 200:
         return None
-    if not served.stream:
+    return text_of(served.body, served.stream)
+
+
+def text_of(body: bytes | str, stream: bool) -> str | None:
+    """The first choice's text of an answer body: a whole JSON answer, or a stream's events
+    (its pieces joined); None when there is none."""
+    if not body:
+        return None
+    if isinstance(body, str):
+        body = body.encode()
+    if not stream:
         try:
-            return _choice_text(json.loads(served.body), "message")
+            return _choice_text(json.loads(body), "message")
         except ValueError:
             return None
     pieces: list[str] = []
-    for line in served.body.split(b"\n"):
+    for line in body.split(b"\n"):
         if not line.startswith(b"data: ") or line == b"data: [DONE]":
             continue
         try:

@@ -270,46 +270,59 @@ class QualityStore:
 
     def add_scores(self, scores: Iterable[NewScore]) -> int:
         """Store scores (one per subject and scorer: repeats are ignored) and move their
-        aggregates; the number stored."""
-        stored = 0
+        aggregates, all in one transaction; the number stored."""
+        scores = list(scores)
         with self._write, self._sessions.begin() as session:
+            ids = _response_ids(session, scores)
+            rows: list[dict[str, Any]] = []
             for score in scores:
                 response_id = None
                 subject = score.subject
                 if score.tenant is not None and score.request_id is not None:
-                    response_id = session.scalar(
-                        select(ResponseRow.id).where(
-                            ResponseRow.tenant == score.tenant,
-                            ResponseRow.request_id == score.request_id,
-                        )
-                    )
+                    response_id = ids.get((score.tenant, score.request_id))
                     if response_id is None:
                         continue  # expired before it was scored
                     subject = f"r{response_id}"
-                try:
-                    with session.begin_nested():
-                        session.add(
-                            ScoreRow(
-                                subject=subject,
-                                response_id=response_id,
-                                rollout_id=score.rollout_id,
-                                route=score.route,
-                                version=score.version,
-                                variant=score.variant,
-                                scorer=score.scorer,
-                                value=score.value,
-                                passed=score.passed,
-                                detail=score.detail[:512],
-                            )
-                        )
-                except IntegrityError:
+                rows.append(
+                    {
+                        "subject": subject,
+                        "response_id": response_id,
+                        "rollout_id": score.rollout_id,
+                        "route": score.route,
+                        "version": score.version,
+                        "variant": score.variant,
+                        "scorer": score.scorer,
+                        "value": score.value,
+                        "passed": score.passed,
+                        "detail": score.detail[:512],
+                        "created_at": utcnow(),
+                    }
+                )
+            if not rows:
+                return 0
+            # No savepoints: on SQLite one would open (and commit) a transaction of its own.
+            inserted = set(
+                session.execute(
+                    _insert(session, ScoreRow)
+                    .values(rows)
+                    .on_conflict_do_nothing(index_elements=["subject", "scorer"])
+                    .returning(ScoreRow.subject, ScoreRow.scorer)
+                ).tuples()
+            )
+            deltas: dict[tuple[int, str, str], Totals] = {}
+            samples: list[tuple[tuple[int, str, str], str, float]] = []
+            for row in rows:
+                if (row["subject"], row["scorer"]) not in inserted:
                     continue
-                stored += 1
-                if score.rollout_id is not None and score.variant is not None:
-                    key = (score.rollout_id, score.variant, score.scorer)
-                    _bump(session, key, Totals().plus(score.value, score.passed))
-                    _sample(session, key, subject, score.value)
-        return stored
+                if row["rollout_id"] is None or row["variant"] is None:
+                    continue
+                key = (row["rollout_id"], row["variant"], row["scorer"])
+                deltas[key] = deltas.get(key, Totals()).plus(row["value"], row["passed"])
+                samples.append((key, row["subject"], row["value"]))
+            for key, delta in deltas.items():
+                _bump(session, key, delta)
+            _sample_many(session, samples)
+        return len(inserted)
 
     # -- aggregates ---------------------------------------------------------------------
 
@@ -386,55 +399,73 @@ def _minus(a: Totals, b: Totals) -> Totals:
     )
 
 
-def _bump(session: Session, key: tuple[int, str, str], delta: Totals) -> None:
-    """Add `delta` to one aggregate row (created at the first value)."""
-    table = SignalAggregateRow
-    rollout_id, variant, signal = key
-    where = (table.rollout_id == rollout_id) & (table.variant == variant) & (table.signal == signal)
-    values = {
-        "count": table.count + delta.count,
-        "total": table.total + delta.total,
-        "total_sq": table.total_sq + delta.total_sq,
-        "passes": table.passes + delta.passes,
-        "fails": table.fails + delta.fails,
-    }
-    done = session.execute(update(table).where(where).values(values))
-    if getattr(done, "rowcount", 0):
-        return
-    try:
-        with session.begin_nested():
-            session.add(
-                table(
-                    rollout_id=rollout_id,
-                    variant=variant,
-                    signal=signal,
-                    count=delta.count,
-                    total=delta.total,
-                    total_sq=delta.total_sq,
-                    passes=delta.passes,
-                    fails=delta.fails,
-                )
+def _response_ids(session: Session, scores: list[NewScore]) -> dict[tuple[str, str], int]:
+    """The response record ids of the served answers among `scores`, in one query per tenant."""
+    wanted: dict[str, set[str]] = {}
+    for score in scores:
+        if score.tenant is not None and score.request_id is not None:
+            wanted.setdefault(score.tenant, set()).add(score.request_id)
+    found: dict[tuple[str, str], int] = {}
+    for tenant, request_ids in wanted.items():
+        rows = session.execute(
+            select(ResponseRow.request_id, ResponseRow.id).where(
+                ResponseRow.tenant == tenant, ResponseRow.request_id.in_(request_ids)
             )
-    except IntegrityError:
-        # Another replica created the row first: add to it.
-        session.execute(update(table).where(where).values(values))
+        )
+        found.update({(tenant, request_id): id_ for request_id, id_ in rows.tuples()})
+    return found
+
+
+def _bump(session: Session, key: tuple[int, str, str], delta: Totals) -> None:
+    """Add `delta` to one aggregate row (created at the first value), in one statement."""
+    rollout_id, variant, signal = key
+    insert = _insert(session, SignalAggregateRow).values(
+        rollout_id=rollout_id,
+        variant=variant,
+        signal=signal,
+        count=delta.count,
+        total=delta.total,
+        total_sq=delta.total_sq,
+        passes=delta.passes,
+        fails=delta.fails,
+    )
+    table = SignalAggregateRow.__table__
+    session.execute(
+        insert.on_conflict_do_update(
+            index_elements=["rollout_id", "variant", "signal"],
+            set_={
+                column: table.c[column] + insert.excluded[column]
+                for column in ("count", "total", "total_sq", "passes", "fails")
+            },
+        )
+    )
 
 
 def _sample(session: Session, key: tuple[int, str, str], item: str, value: float) -> None:
     """Offer one value to the signal's slot sample (or update the item's value there)."""
-    digest = hashlib.blake2b(item.encode(), digest_size=16).digest()
-    slot = int.from_bytes(digest[:8], "big") % RESERVOIR_SLOTS
-    rank = int.from_bytes(digest[8:], "big") >> 2  # fits a signed 64-bit column
-    rollout_id, variant, signal = key
-    insert = _insert(session, SignalReservoirRow).values(
-        rollout_id=rollout_id,
-        variant=variant,
-        signal=signal,
-        slot=slot,
-        item=item,
-        rank=rank,
-        value=value,
-    )
+    _sample_many(session, [(key, item, value)])
+
+
+def _sample_many(session: Session, offers: list[tuple[tuple[int, str, str], str, float]]) -> None:
+    """Offer values to their signals' slot samples, in one statement executed for each."""
+    if not offers:
+        return
+    params = []
+    for (rollout_id, variant, signal), item, value in offers:
+        digest = hashlib.blake2b(item.encode(), digest_size=16).digest()
+        params.append(
+            {
+                "rollout_id": rollout_id,
+                "variant": variant,
+                "signal": signal,
+                "slot": int.from_bytes(digest[:8], "big") % RESERVOIR_SLOTS,
+                # A second hash, cut to fit a signed 64-bit column.
+                "rank": int.from_bytes(digest[8:], "big") >> 2,
+                "item": item,
+                "value": value,
+            }
+        )
+    insert = _insert(session, SignalReservoirRow)
     table = SignalReservoirRow.__table__
     session.execute(
         insert.on_conflict_do_update(
@@ -445,7 +476,8 @@ def _sample(session: Session, key: tuple[int, str, str], item: str, value: float
                 "value": insert.excluded.value,
             },
             where=(table.c.rank > insert.excluded.rank) | (table.c.item == insert.excluded.item),
-        )
+        ),
+        params,
     )
 
 

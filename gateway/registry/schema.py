@@ -8,9 +8,10 @@ replacement (`RouteTableRow`; the newest is in use). A rollout (`RolloutRow`) mo
 from its stable version to a candidate version; its request counts per step and variant are
 `RolloutSampleRow`s and the shadow answers kept for comparison are `ShadowPairRow`s.
 
-Quality: every answered request is a `ResponseRow` (its text only when kept); users' ratings
-are `FeedbackRow`s and scorers' results `ScoreRow`s. Both feed per-rollout, per-variant
-running sums (`SignalAggregateRow`) and a bounded sample of raw values
+Quality: the scorers of each route are kept whole like route tables (`ScorerConfigRow`, the
+newest is in use); every answered request is a `ResponseRow` (its text only when kept);
+users' ratings are `FeedbackRow`s and scorers' results `ScoreRow`s. Both feed per-rollout,
+per-variant running sums (`SignalAggregateRow`) and a bounded sample of raw values
 (`SignalReservoirRow`), updated in the transaction that stores the rating or the score.
 """
 
@@ -210,6 +211,20 @@ class ShadowPairRow(Base):
     shadow_status: Mapped[int]
     shadow_body: Mapped[str] = mapped_column(Text)
     shadow_ms: Mapped[float]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ScorerConfigRow(Base):
+    __tablename__ = "scorer_configs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    # The configuration as the operator wrote it (YAML), comments and all.
+    source: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64))
+    # Route name -> its scorers' names, for the trail.
+    routes: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_by: Mapped[str] = mapped_column(String(128))
+    reason: Mapped[str] = mapped_column(String(1024), default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

@@ -19,7 +19,7 @@ import json
 import logging
 import random
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -49,6 +49,8 @@ from gateway.upstream.proxy import EngineProxy
 
 log = logging.getLogger(__name__)
 STAGES = tuple(RolloutStage)
+# Told of the shadow pairs of a route just stored (the quality scorers).
+PairListener = Callable[[list[ShadowPairRow], str], None]
 
 
 @dataclass(frozen=True)
@@ -139,6 +141,7 @@ class RolloutManager:
         self._locks: dict[str, asyncio.Lock] = {}
         self._task: asyncio.Task[None] | None = None
         self._random = random.Random()
+        self._pair_listeners: list[PairListener] = []
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -216,9 +219,30 @@ class RolloutManager:
                 for pair in over:
                     route = routes.get(pair.rollout_id, "-")
                     self._metrics.shadow_requests.labels(route, "unrecorded").inc()
+                self._tell_pairs(pairs, over, routes)
         except Exception:
             self._pending.update(counts)
             raise
+
+    def listen_pairs(self, listener: PairListener) -> None:
+        """Call `listener(pairs, route)` with the shadow pairs of a route once stored."""
+        self._pair_listeners.append(listener)
+
+    def _tell_pairs(
+        self, pairs: list[ShadowPairRow], over: list[ShadowPairRow], routes: dict[int, str]
+    ) -> None:
+        dropped = {id(pair) for pair in over}
+        by_route: dict[str, list[ShadowPairRow]] = {}
+        for pair in pairs:
+            route = routes.get(pair.rollout_id)
+            if id(pair) not in dropped and route is not None:
+                by_route.setdefault(route, []).append(pair)
+        for route, stored in by_route.items():
+            for listener in self._pair_listeners:
+                try:
+                    listener(stored, route)
+                except Exception:
+                    log.exception("a shadow pair listener failed")
 
     # -- the request path ----------------------------------------------------------------
 

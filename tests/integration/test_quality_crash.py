@@ -41,7 +41,9 @@ def _canary_at_half(url: str) -> int:
     plan = {"canary": [{"weight": 50}]}
     started = answer_of(
         httpx.post(
-            f"{url}/admin/rollouts", json={"route": "pirate", "version": 2, "plan": plan}, timeout=60
+            f"{url}/admin/rollouts",
+            json={"route": "pirate", "version": 2, "plan": plan},
+            timeout=60,
         )
     )
     answer_of(httpx.post(f"{url}/admin/rollouts/pirate/advance", timeout=30))

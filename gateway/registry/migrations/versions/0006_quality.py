@@ -1,4 +1,5 @@
-"""Quality: the response log, feedback, scores and per-variant signal aggregates.
+"""Quality: scorer configurations, the response log, feedback, scores and per-variant
+signal aggregates.
 
 Revision ID: 0006
 Revises: 0005
@@ -29,6 +30,16 @@ def _rollout_key() -> list[sa.Column[object]]:
 
 
 def upgrade() -> None:
+    op.create_table(
+        "scorer_configs",
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("source", sa.Text, nullable=False),
+        sa.Column("sha256", sa.String(64), nullable=False),
+        sa.Column("routes", sa.JSON, nullable=False),
+        sa.Column("created_by", sa.String(128), nullable=False),
+        sa.Column("reason", sa.String(1024), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    )
     op.create_table(
         "responses",
         sa.Column("id", sa.Integer, primary_key=True),
@@ -115,3 +126,4 @@ def downgrade() -> None:
     op.drop_table("scores")
     op.drop_table("feedback")
     op.drop_table("responses")
+    op.drop_table("scorer_configs")

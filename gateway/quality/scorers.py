@@ -1,0 +1,122 @@
+"""The scorer configuration in use: seeded, replaced whole through the admin API, followed
+from the registry, and handed to the scoring workers.
+
+Parsing builds every verifier (the language detector loads its model the first time, about
+half a second), so it runs in a worker thread. A bad configuration is refused with every
+problem listed, audited, and the one in use keeps scoring.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from dataclasses import dataclass
+
+from gateway.errors import InvalidScorerConfig
+from gateway.metrics import Metrics
+from gateway.quality.config import ScorerConfig, parse_scorer_config, read_scorer_source
+from gateway.quality.scoring import Scoring
+from gateway.registry.scorers import ScorerConfigStore
+
+log = logging.getLogger(__name__)
+SEED_ACTOR = "gateway:seed"
+
+
+@dataclass(frozen=True)
+class ActiveScorers:
+    """The configuration in use: its registry row id (0: a dry run), text and parsed form."""
+
+    id: int
+    sha256: str
+    config: ScorerConfig
+    created_by: str
+    created_at: str
+
+
+class ScorerConfigs:
+    """Owns the scorer configuration in use."""
+
+    def __init__(self, store: ScorerConfigStore, scoring: Scoring, metrics: Metrics) -> None:
+        self._store = store
+        self._scoring = scoring
+        self._metrics = metrics
+        self._active: ActiveScorers | None = None
+        self._changing = asyncio.Lock()
+
+    @property
+    def active(self) -> ActiveScorers | None:
+        """The configuration in use, if any."""
+        return self._active
+
+    async def start(self, seed: str | None) -> None:
+        """Use the registry's configuration; with none there, store `seed` (a path or `demo`)."""
+        if await asyncio.to_thread(self._store.newest_id):
+            await self.refresh()
+            return
+        if seed is None:
+            log.info("no scorer configuration: nothing is scored until one is put")
+            return
+        try:
+            source = await asyncio.to_thread(read_scorer_source, seed)
+            await self.replace(source, actor=SEED_ACTOR, reason=f"seeded from {seed}")
+        except (OSError, InvalidScorerConfig) as exc:
+            log.error("the scorer configuration %s was not used: %s", seed, exc)
+
+    async def refresh(self) -> None:
+        """Install the registry's newest configuration when it is not the one in use."""
+        newest = await asyncio.to_thread(self._store.newest_id)
+        if newest == (self._active.id if self._active else 0):
+            return
+        async with self._changing:
+            row = await asyncio.to_thread(self._store.newest)
+            if row is None or (self._active and self._active.id == row.id):
+                return
+            try:
+                config = await asyncio.to_thread(parse_scorer_config, row.source)
+            except InvalidScorerConfig as exc:
+                log.error("scorer configuration %s was not installed: %s", row.id, exc)
+                return
+            self._install(
+                ActiveScorers(
+                    row.id, row.sha256, config, row.created_by, row.created_at.isoformat()
+                )
+            )
+
+    async def replace(
+        self, source: str, *, actor: str, reason: str = "", dry_run: bool = False
+    ) -> ActiveScorers:
+        """Check and store `source` as the configuration in use (or only check it)."""
+        sha = hashlib.sha256(source.encode()).hexdigest()
+        async with self._changing:
+            try:
+                config = await asyncio.to_thread(parse_scorer_config, source)
+            except InvalidScorerConfig as exc:
+                if not dry_run:
+                    await asyncio.to_thread(
+                        self._store.record_refusal, exc.message, sha, actor=actor
+                    )
+                self._metrics.registry_operations.labels("scorers", "refused").inc()
+                raise
+            if dry_run:
+                return ActiveScorers(0, sha, config, actor, "")
+            routes = {
+                route: [scorer.name for scorer in config.for_route(route)]
+                for route in config.route_names()
+            }
+            row = await asyncio.to_thread(
+                self._store.put, source, sha, routes, actor=actor, reason=reason
+            )
+            active = ActiveScorers(row.id, sha, config, row.created_by, row.created_at.isoformat())
+            self._install(active)
+            self._metrics.registry_operations.labels("scorers", "ok").inc()
+            return active
+
+    def _install(self, active: ActiveScorers) -> None:
+        self._active = active
+        self._scoring.use(active.config)
+        log.info(
+            "scorer configuration %s in use (%s routes)",
+            active.id,
+            len(active.config.route_names()),
+        )

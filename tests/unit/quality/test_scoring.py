@@ -1,0 +1,586 @@
+"""Verifier scoring off the request path: what is scored, what it is stored under, what the
+aggregates become, and how the queue stays bounded."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from gateway.metrics import Metrics
+from gateway.quality.config import (
+    BuiltScorer,
+    ScorerConfig,
+    parse_scorer_config,
+    read_scorer_source,
+)
+from gateway.quality.records import Served, utc
+from gateway.quality.scoring import Scoring
+from gateway.quality.verifiers import Verdict, Verifier
+from gateway.registry import database
+from gateway.registry.quality import NewScore, QualityStore
+from gateway.registry.schema import (
+    Adapter,
+    ResponseRow,
+    RolloutRow,
+    RolloutStage,
+    ScoreRow,
+    ShadowPairRow,
+)
+
+SHOUTED = (
+    "WOW! THE MOON IS EARTH'S ONLY NATURAL SATELLITE!!! IT REFLECTS THE LIGHT OF THE SUN "
+    "AND ITS GRAVITY PULLS ON THE OCEANS TO MAKE THE TIDES!!!"
+)
+PLAIN = (
+    "The moon is Earth's only natural satellite. It reflects the light of the sun, and its "
+    "gravity pulls on the oceans to make the tides."
+)
+QUESTION = {"messages": [{"role": "user", "content": "Tell me about the moon."}]}
+SHOUT_SCORERS = {"shouted", "length", "refusal"}
+DEMO = parse_scorer_config(read_scorer_source("demo"))
+
+
+def answer(text: str) -> str:
+    return json.dumps(
+        {"choices": [{"index": 0, "message": {"role": "assistant", "content": text}}]}
+    )
+
+
+def events(text: str) -> str:
+    """`text` as a stream's SSE events, a few characters a chunk."""
+    chunks = [text[i : i + 7] for i in range(0, len(text), 7)]
+    lines = [
+        "data: " + json.dumps({"choices": [{"index": 0, "delta": {"content": chunk}}]})
+        for chunk in chunks
+    ]
+    return "\n\n".join([*lines, "data: [DONE]"]) + "\n\n"
+
+
+@pytest.fixture
+def sessions(tmp_path: Path) -> sessionmaker[Session]:
+    engine = database.make_engine(database.default_url(tmp_path))
+    database.upgrade(engine)
+    return database.session_factory(engine)
+
+
+@pytest.fixture
+def store(sessions: sessionmaker[Session]) -> QualityStore:
+    return QualityStore(sessions)
+
+
+@pytest.fixture
+def rollout_id(sessions: sessionmaker[Session]) -> int:
+    with sessions.begin() as session:
+        session.add(Adapter(name="shout", stable_version=1))
+        row = RolloutRow(
+            route="shout",
+            active_route="shout",
+            stable_version=1,
+            candidate_version=2,
+            stage=RolloutStage.SHADOW,
+            plan={},
+            created_by="test",
+        )
+        session.add(row)
+        session.flush()
+        return row.id
+
+
+@pytest.fixture
+def metrics() -> Metrics:
+    return Metrics(CollectorRegistry())
+
+
+@pytest.fixture
+def scoring(store: QualityStore, metrics: Metrics) -> Scoring:
+    scoring = Scoring(store, metrics)
+    scoring.use(DEMO)
+    return scoring
+
+
+def served(request_id: str, text: str | None = SHOUTED, **fields: Any) -> Served:
+    values: dict[str, Any] = {
+        "request_id": request_id,
+        "tenant": "acme",
+        "endpoint": "/v1/chat/completions",
+        "route": "shout",
+        "version": 1,
+        "variant": None,
+        "rollout_id": None,
+        "status": 200,
+        "stream": False,
+        "at": 1_700_000_000.0,
+        "latency_s": 0.5,
+        "ttft_s": None,
+        "draw": 0.5,
+        "payload": QUESTION,
+        "body": (answer(text) if text is not None else '{"choices": []}').encode(),
+    }
+    return Served(**{**values, **fields})
+
+
+def logged(store: QualityStore, batch: list[Served]) -> list[Served]:
+    """Store the batch's response records, as the response log does before its listeners."""
+    store.add_responses(
+        [
+            {
+                "request_id": s.request_id,
+                "tenant": s.tenant,
+                "at": utc(s.at),
+                "endpoint": s.endpoint,
+                "route": s.route,
+                "version": s.version,
+                "variant": s.variant,
+                "rollout_id": s.rollout_id,
+                "status": s.status,
+                "stream": s.stream,
+                "latency_ms": s.latency_s * 1000,
+            }
+            for s in batch
+        ]
+    )
+    return batch
+
+
+async def scored(scoring: Scoring, batch: list[Served]) -> None:
+    await scoring.start()
+    scoring.submit(batch)
+    await scoring.stop()
+
+
+def stored(sessions: sessionmaker[Session]) -> dict[tuple[str, str], ScoreRow]:
+    """Every stored score by (subject, scorer)."""
+    with sessions() as session:
+        return {(r.subject, r.scorer): r for r in session.scalars(select(ScoreRow)).all()}
+
+
+def pair(
+    sessions: sessionmaker[Session], rollout_id: int, stable: str, shadow: str, **fields: Any
+) -> ShadowPairRow:
+    """A shadow pair stored as the rollout manager stores them (so it has an id)."""
+    values: dict[str, Any] = {
+        "rollout_id": rollout_id,
+        "request_id": "req-pair",
+        "endpoint": "/v1/chat/completions",
+        "request": {"model": "shout", **QUESTION},
+        "primary_version": 1,
+        "primary_status": 200,
+        "primary_body": stable,
+        "primary_ms": 400.0,
+        "shadow_version": 2,
+        "shadow_status": 200,
+        "shadow_body": shadow,
+        "shadow_ms": 450.0,
+    }
+    row = ShadowPairRow(**{**values, **fields})
+    with sessions.begin() as session:
+        session.add(row)
+    return row
+
+
+def response_id(sessions: sessionmaker[Session], request_id: str) -> int | None:
+    with sessions() as session:
+        return session.scalar(select(ResponseRow.id).where(ResponseRow.request_id == request_id))
+
+
+def sample(metrics: Metrics, name: str, **labels: str) -> float | None:
+    return metrics.registry.get_sample_value(name, labels)
+
+
+class Raising:
+    """A verifier check with a bug."""
+
+    def __call__(self, text: str, length: int) -> Verdict:
+        raise ZeroDivisionError("a bug")
+
+
+def config_with(route: str, *scorers: BuiltScorer) -> ScorerConfig:
+    return ScorerConfig(DEMO.source, DEMO.spec, {route: scorers})
+
+
+# -- served answers ----------------------------------------------------------------------
+
+
+async def test_sampled_verifiers_score_an_answer_under_the_variant_that_served_it(
+    scoring: Scoring, store: QualityStore, sessions: sessionmaker[Session], rollout_id: int
+) -> None:
+    batch = logged(
+        store,
+        [
+            served("a", SHOUTED, variant="stable", rollout_id=rollout_id),
+            served("b", PLAIN, variant="canary", version=2, rollout_id=rollout_id),
+        ],
+    )
+
+    await scored(scoring, batch)
+
+    scores = stored(sessions)
+    assert {scorer for _, scorer in scores} == SHOUT_SCORERS
+    assert len(scores) == 6
+    shouted = {row.variant: row for (_, scorer), row in scores.items() if scorer == "shouted"}
+    assert shouted["stable"].passed is True and shouted["stable"].response_id is not None
+    assert shouted["canary"].passed is False and shouted["canary"].version == 2
+    aggregates = store.aggregates(rollout_id)
+    assert aggregates == store.recount(rollout_id)
+    assert aggregates[("stable", "shouted")].passes == 1
+    assert aggregates[("canary", "shouted")].fails == 1
+    assert aggregates[("canary", "length")].passes == 1
+
+
+async def test_scores_are_counted_in_metrics_per_variant_and_result(
+    scoring: Scoring, store: QualityStore, metrics: Metrics
+) -> None:
+    await scored(scoring, logged(store, [served("a", SHOUTED), served("b", PLAIN)]))
+
+    labels = {"route": "shout", "variant": "none", "scorer": "shouted"}
+    assert sample(metrics, "gateway_quality_scores_total", **labels, result="pass") == 1
+    assert sample(metrics, "gateway_quality_scores_total", **labels, result="fail") == 1
+    value_sum = sample(metrics, "gateway_quality_score_value_sum_total", **labels)
+    assert value_sum is not None and 1.0 < value_sum < 1.2  # all capitals + a few
+
+
+async def test_a_draw_above_a_scorers_rate_skips_that_scorer(
+    scoring: Scoring, store: QualityStore, sessions: sessionmaker[Session]
+) -> None:
+    rare = parse_scorer_config(
+        """
+        routes:
+          shout:
+            sample_rate: 1.0
+            scorers:
+              - {kind: caps_share, name: shouted, min: 0.6, sample_rate: 0.2}
+              - {kind: length, min_chars: 10}
+        """
+    )
+    scoring.use(rare)
+
+    await scored(scoring, logged(store, [served("a", draw=0.5), served("b", draw=0.1)]))
+
+    scores = stored(sessions)
+    assert sorted(scorer for _, scorer in scores) == ["length", "length", "shouted"]
+
+
+async def test_an_answer_whose_payload_was_not_kept_is_not_scored(
+    scoring: Scoring, store: QualityStore, sessions: sessionmaker[Session]
+) -> None:
+    await scored(scoring, logged(store, [served("a", payload=None)]))
+
+    assert stored(sessions) == {}
+    assert scoring.depth == 0
+
+
+async def test_a_failed_answer_is_not_scored(
+    scoring: Scoring, store: QualityStore, sessions: sessionmaker[Session]
+) -> None:
+    await scored(scoring, logged(store, [served("a", status=500), served("b", status=429)]))
+
+    assert stored(sessions) == {}
+
+
+async def test_an_answer_without_text_is_scored_as_an_empty_answer(
+    scoring: Scoring, store: QualityStore, sessions: sessionmaker[Session]
+) -> None:
+    await scored(scoring, logged(store, [served("a", text=None)]))
+
+    scores = {scorer: row for (_, scorer), row in stored(sessions).items()}
+    assert scores["length"].passed is False and scores["length"].value == 0.0
+    assert scores["shouted"].passed is False
+
+
+async def test_a_streamed_answer_is_scored_from_its_events(
+    scoring: Scoring, store: QualityStore, sessions: sessionmaker[Session]
+) -> None:
+    stream = served("a", stream=True, body=events(SHOUTED).encode())
+
+    await scored(scoring, logged(store, [stream]))
+
+    scores = {scorer: row for (_, scorer), row in stored(sessions).items()}
+    assert scores["shouted"].passed is True
+    assert scores["length"].value == len(SHOUTED)
+
+
+async def test_judge_and_reward_scorers_are_not_run_here(
+    scoring: Scoring, store: QualityStore, sessions: sessionmaker[Session], metrics: Metrics
+) -> None:
+    scoring.use(
+        parse_scorer_config(
+            """
+            routes:
+              shout:
+                sample_rate: 1.0
+                scorers:
+                  - {kind: judge, rubric: helpfulness}
+                  - {kind: reward}
+            """
+        )
+    )
+
+    await scored(scoring, logged(store, [served("a")]))
+
+    assert scoring.rate("shout") == 0.0
+    assert stored(sessions) == {}
+    assert sample(metrics, "gateway_quality_dropped_total", kind="verifier") is None
+
+
+async def test_a_raising_verifier_is_counted_and_logged_once_and_the_others_still_score(
+    scoring: Scoring,
+    store: QualityStore,
+    sessions: sessionmaker[Session],
+    metrics: Metrics,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    [shouted, length, _] = DEMO.for_route("shout")
+    broken = BuiltScorer("shout", shouted.spec, 1.0, Verifier("broken", "caps_share", Raising()))
+    scoring.use(config_with("shout", broken, length))
+
+    with caplog.at_level(logging.ERROR, logger="gateway.quality.scoring"):
+        await scored(scoring, logged(store, [served("a"), served("b"), served("c")]))
+
+    assert sorted(scorer for _, scorer in stored(sessions)) == ["length"] * 3
+    assert sample(metrics, "gateway_quality_scorer_errors_total", scorer="broken") == 3
+    assert [r.getMessage() for r in caplog.records if "broken" in r.getMessage()] == [
+        "quality scoring: scorer broken failed (logged once; every failure is counted in "
+        "gateway_quality_scorer_errors_total)"
+    ]
+
+
+async def test_a_batch_the_store_refuses_is_dropped_and_the_worker_goes_on(
+    sessions: sessionmaker[Session], metrics: Metrics
+) -> None:
+    class FailsOnce(QualityStore):
+        failed = False
+
+        def add_scores(self, scores: Iterable[NewScore]) -> int:
+            if not self.failed:
+                self.failed = True
+                raise RuntimeError("database is locked")
+            return super().add_scores(scores)
+
+    store = FailsOnce(sessions)
+    scoring = Scoring(store, metrics)
+    scoring.use(DEMO)
+    await scoring.start()
+    scoring.submit(logged(store, [served("a")]))
+    for _ in range(500):
+        if sample(metrics, "gateway_quality_dropped_total", kind="verifier"):
+            break
+        await asyncio.sleep(0.01)
+    scoring.submit(logged(store, [served("b")]))
+    await scoring.stop()
+
+    assert sample(metrics, "gateway_quality_dropped_total", kind="verifier") == 1
+    assert {row.response_id for row in stored(sessions).values()} == {response_id(sessions, "b")}
+
+
+# -- the queue ---------------------------------------------------------------------------
+
+
+def test_a_full_queue_drops_and_counts_and_stays_bounded(
+    store: QualityStore, metrics: Metrics
+) -> None:
+    scoring = Scoring(store, metrics, max_queue=100)
+    scoring.use(DEMO)
+    one = served("a")
+
+    for _ in range(500):
+        scoring.submit([one] * 100)
+
+    assert scoring.depth == 100
+    assert sample(metrics, "gateway_quality_dropped_total", kind="verifier") == 49_900
+    assert sample(metrics, "gateway_quality_queue_depth", kind="verifier") == 100
+
+
+def test_a_full_queue_drops_pairs_too(
+    sessions: sessionmaker[Session], store: QualityStore, metrics: Metrics, rollout_id: int
+) -> None:
+    scoring = Scoring(store, metrics, max_queue=10)
+    scoring.use(DEMO)
+    row = pair(sessions, rollout_id, answer(PLAIN), answer(SHOUTED))
+
+    scoring.submit_pairs([row] * 25, "shout")
+
+    assert scoring.depth == 10
+    assert sample(metrics, "gateway_quality_dropped_total", kind="verifier") == 15
+
+
+async def test_stop_scores_what_is_queued(
+    scoring: Scoring, store: QualityStore, sessions: sessionmaker[Session]
+) -> None:
+    await scoring.start()
+    scoring.submit(logged(store, [served("a"), served("b"), served("c")]))
+    await scoring.stop()
+
+    assert len(stored(sessions)) == 9
+    assert scoring.depth == 0
+
+
+async def test_stop_scores_at_most_one_more_batch_and_counts_the_rest_dropped(
+    store: QualityStore, sessions: sessionmaker[Session], metrics: Metrics
+) -> None:
+    scoring = Scoring(store, metrics, batch=4)
+    scoring.use(DEMO)
+    scoring.submit(logged(store, [served(f"r{i}") for i in range(10)]))
+
+    await scoring.stop()
+
+    assert len({row.response_id for row in stored(sessions).values()}) == 4
+    assert sample(metrics, "gateway_quality_dropped_total", kind="verifier") == 6
+    assert scoring.depth == 0
+    assert sample(metrics, "gateway_quality_queue_depth", kind="verifier") == 0
+
+
+# -- shadow pairs ------------------------------------------------------------------------
+
+
+async def test_a_pair_gives_shadow_stable_and_paired_scores(
+    scoring: Scoring,
+    store: QualityStore,
+    sessions: sessionmaker[Session],
+    metrics: Metrics,
+    rollout_id: int,
+) -> None:
+    row = pair(sessions, rollout_id, stable=answer(PLAIN), shadow=answer(SHOUTED))
+
+    await scoring.start()
+    scoring.submit_pairs([row], "shout")
+    await scoring.stop()
+
+    scores = stored(sessions)
+    assert len(scores) == 9  # three scorers, three sides
+    shadow = scores[(f"p{row.id}:shadow", "shouted")]
+    stable = scores[(f"p{row.id}:stable", "shouted")]
+    paired = scores[(f"p{row.id}:paired", "shouted")]
+    assert (shadow.variant, shadow.version, shadow.passed) == ("shadow", 2, True)
+    assert (stable.variant, stable.version, stable.passed) == (None, 1, False)
+    assert paired.variant == "paired" and paired.passed is None
+    assert paired.value == pytest.approx(shadow.value - stable.value)
+    assert paired.value > 0.5
+    assert paired.detail == "shadow 1.0 vs stable 0.0288"  # 3 capitals of 104 letters
+    assert {row.rollout_id for row in scores.values()} == {rollout_id}
+    aggregates = store.aggregates(rollout_id)
+    assert aggregates == store.recount(rollout_id)
+    # The stable side is a record only: stable answers are aggregated from the response log.
+    assert {variant for variant, _ in aggregates} == {"shadow", "paired"}
+    assert aggregates[("paired", "shouted")].total == pytest.approx(paired.value)
+    labels = {"route": "shout", "scorer": "shouted"}
+    assert (
+        sample(metrics, "gateway_quality_scores_total", **labels, variant="paired", result="value")
+        == 1
+    )
+    assert (
+        sample(metrics, "gateway_quality_score_value_sum_total", **labels, variant="paired") is None
+    )
+
+
+async def test_a_pair_with_a_worse_candidate_gets_a_negative_difference(
+    scoring: Scoring, sessions: sessionmaker[Session], store: QualityStore, rollout_id: int
+) -> None:
+    row = pair(sessions, rollout_id, stable=answer(SHOUTED), shadow=answer(PLAIN))
+
+    await scoring.start()
+    scoring.submit_pairs([row], "shout")
+    await scoring.stop()
+
+    paired = stored(sessions)[(f"p{row.id}:paired", "shouted")]
+    assert paired.value < -0.5
+    assert store.aggregates(rollout_id)[("paired", "shouted")].total == pytest.approx(paired.value)
+
+
+async def test_a_streamed_primary_is_read_from_its_events(
+    scoring: Scoring, sessions: sessionmaker[Session], rollout_id: int
+) -> None:
+    row = pair(sessions, rollout_id, stable=events(SHOUTED), shadow=answer(SHOUTED))
+
+    await scoring.start()
+    scoring.submit_pairs([row], "shout")
+    await scoring.stop()
+
+    scores = stored(sessions)
+    assert scores[(f"p{row.id}:stable", "shouted")].passed is True
+    assert scores[(f"p{row.id}:stable", "length")].value == len(SHOUTED)
+    assert scores[(f"p{row.id}:paired", "shouted")].value == pytest.approx(0.0)
+
+
+async def test_a_pair_with_a_failed_side_is_not_scored(
+    scoring: Scoring, sessions: sessionmaker[Session], rollout_id: int
+) -> None:
+    failed_shadow = pair(sessions, rollout_id, answer(PLAIN), "{}", shadow_status=500)
+    failed_primary = pair(sessions, rollout_id, "{}", answer(SHOUTED), primary_status=503)
+
+    await scoring.start()
+    scoring.submit_pairs([failed_shadow, failed_primary], "shout")
+    await scoring.stop()
+
+    assert stored(sessions) == {}
+
+
+async def test_pairs_are_scored_by_every_verifier_whatever_its_rate(
+    scoring: Scoring, sessions: sessionmaker[Session], rollout_id: int
+) -> None:
+    scoring.use(
+        parse_scorer_config(
+            "routes: {shout: {scorers: [{kind: caps_share, name: shouted, min: 0.6, "
+            "sample_rate: 0.0}]}}"
+        )
+    )
+    row = pair(sessions, rollout_id, answer(PLAIN), answer(SHOUTED))
+
+    await scoring.start()
+    scoring.submit_pairs([row], "shout")
+    await scoring.stop()
+
+    assert {side for side, _ in stored(sessions)} == {
+        f"p{row.id}:shadow",
+        f"p{row.id}:stable",
+        f"p{row.id}:paired",
+    }
+
+
+# -- configuration -----------------------------------------------------------------------
+
+
+def test_rate_is_the_largest_verifier_rate_of_the_route(scoring: Scoring) -> None:
+    scoring.use(
+        parse_scorer_config(
+            """
+            sample_rate: 0.05
+            routes:
+              shout:
+                scorers:
+                  - {kind: caps_share, min: 0.6, sample_rate: 0.2}
+                  - {kind: length, min_chars: 10}
+                  - {kind: judge, rubric: helpfulness, sample_rate: 0.9}
+              pirate:
+                scorers: [{kind: judge, rubric: voice}]
+            """
+        )
+    )
+
+    assert scoring.rate("shout") == 0.2
+    assert scoring.rate("pirate") == 0.0
+    assert scoring.rate("unknown") == 0.0
+
+
+async def test_use_swaps_the_configuration(
+    store: QualityStore, sessions: sessionmaker[Session], metrics: Metrics
+) -> None:
+    scoring = Scoring(store, metrics)
+    assert scoring.rate("shout") == 0.0
+    scoring.submit(logged(store, [served("a")]))
+    assert scoring.depth == 0
+
+    scoring.use(DEMO)
+
+    assert scoring.config is DEMO
+    assert scoring.rate("shout") == 1.0
+    await scored(scoring, logged(store, [served("b")]))
+    assert len(stored(sessions)) == 3
