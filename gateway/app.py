@@ -30,6 +30,7 @@ from gateway.lifecycle import AdapterLifecycle
 from gateway.metrics import Metrics
 from gateway.quality.feedback import FeedbackService
 from gateway.quality.responselog import ResponseLog
+from gateway.quality.rewards import RewardLoader
 from gateway.quality.scorers import ScorerConfigs
 from gateway.quality.scoring import Scoring
 from gateway.registry.changes import ChangeFeed
@@ -40,6 +41,7 @@ from gateway.registry.scorers import ScorerConfigStore
 from gateway.registry.store import Registry
 from gateway.registry.validation import BaseModelInfo, ServedBase
 from gateway.rollout.manager import RolloutManager
+from gateway.routing.embedder import OnnxEmbedder, load_embedder
 from gateway.routing.router import AutoRouter
 from gateway.upstream.launcher import EngineProcess, EngineSpec, engine_plugin_env
 from gateway.upstream.pool import UpstreamPool
@@ -101,7 +103,10 @@ def create_app(
     )
     quality_store = QualityStore(session_factory(database))
     responses = ResponseLog(quality_store, settings.quality, metrics)
-    scoring = Scoring(quality_store, metrics, max_queue=settings.quality.max_score_queue)
+    rewards = RewardLoader(settings.resolved_reward_dir, lambda: _reward_embedder(settings))
+    scoring = Scoring(
+        quality_store, metrics, max_queue=settings.quality.max_score_queue, rewards=rewards
+    )
     scorers = ScorerConfigs(ScorerConfigStore(session_factory(database)), scoring, metrics)
     responses.score_rate = scoring.rate
     responses.listen(scoring.submit)
@@ -181,6 +186,17 @@ def create_app(
     app.add_middleware(ApiKeyMiddleware, keyring=keyring, metrics=metrics)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
     return app
+
+
+def _reward_embedder(settings: Settings) -> OnnxEmbedder:
+    """The router's embedding model, loaded again for the reward heads (one thread)."""
+    routing = settings.routing
+    return load_embedder(
+        settings.cache_dir,
+        model=routing.model_path,
+        tokenizer=routing.tokenizer_path,
+        max_tokens=routing.max_tokens,
+    )
 
 
 def _base_info(settings: Settings) -> BaseModelInfo | None:

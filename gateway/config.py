@@ -129,6 +129,8 @@ class QualitySettings(BaseModel):
     scorers: str | None = None
     # Answers (or shadow pairs) waiting to be scored; past this they are dropped (counted).
     max_score_queue: int = Field(default=10_000, ge=10)
+    # Where built-in reward heads are (`<dir>/<head>/`); None: `<cache_dir>/reward`.
+    reward_dir: Path | None = None
 
 
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
@@ -275,6 +277,11 @@ class Settings(BaseSettings):
     def resolved_adapter_root(self) -> Path:
         """Where adapter versions are stored."""
         return self.adapter_root or self.cache_dir / "adapters"
+
+    @property
+    def resolved_reward_dir(self) -> Path:
+        """Where built-in reward heads are stored."""
+        return self.quality.reward_dir or self.cache_dir / "reward"
 
     @property
     def resolved_database_url(self) -> str:

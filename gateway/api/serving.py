@@ -28,6 +28,7 @@ from gateway.api.responses import RelayResponse
 from gateway.catalog import CatalogView, ModelCatalog, Target
 from gateway.errors import GatewayError, InvalidRequest, PermissionDenied, error_body
 from gateway.metrics import Metrics, status_class
+from gateway.quality.judge import JUDGE_HEADER
 from gateway.quality.records import Served
 from gateway.quality.responselog import ResponseLog
 from gateway.rollout.manager import Assignment, RolloutManager
@@ -101,7 +102,15 @@ class OpenAIService:
             target = catalog.resolve(called)
             check_adapter_allowed(principal, target.route, catalog.base_model)
             headers = {"x-route": target.route, "x-adapter": target.served}
-        assignment = self._assign(request, payload, target, principal, endpoint, request_id)
+        # The quality judge's own requests (admin or open mode only): no rollout, no record.
+        internal = request.headers.get(JUDGE_HEADER) == "1" and (
+            principal is None or principal.kind != "tenant"
+        )
+        assignment = (
+            None
+            if internal
+            else self._assign(request, payload, target, principal, endpoint, request_id)
+        )
         if assignment is not None:
             target = assignment.target
             headers["x-adapter"] = target.served
@@ -109,7 +118,11 @@ class OpenAIService:
         payload["model"] = target.engine_model
         rename = ModelRename.of(target.engine_model, called)
         stream = payload.get("stream") is True
-        entry = self._entry(request_id, principal, endpoint, target, assignment, stream, payload)
+        entry = (
+            None
+            if internal
+            else self._entry(request_id, principal, endpoint, target, assignment, stream, payload)
+        )
         strip_usage = stream and entry is not None and _ask_for_usage(payload)
         self._metrics.in_flight.inc()
         try:

@@ -78,11 +78,25 @@ def _prepare(settings: Settings) -> dict[str, Path]:
         files = packaged_files()
         classifier = prepare_model(files.onnx, settings.cache_dir / "classifier", files.sha256)
         console.print(f"classifier model: {classifier}", soft_wrap=True)
+    # The demo routes' reward heads, trained over the classifier's embeddings (seconds).
+    from gateway.quality.rewards import ensure_demo_heads
+    from gateway.routing.embedder import load_embedder
+
+    routing = settings.routing
+    embedder = load_embedder(
+        settings.cache_dir,
+        model=routing.model_path,
+        tokenizer=routing.tokenizer_path,
+        max_tokens=routing.max_tokens,
+    )
+    heads = ensure_demo_heads(settings.resolved_reward_dir, embedder)
+    console.print(f"demo reward heads: {settings.resolved_reward_dir}", soft_wrap=True)
     return {
         "model_dir": model_dir,
         "bf16_dir": bf16_dir,
         "classifier_model": classifier,
         "adapter_root": settings.resolved_adapter_root,
+        "reward_dir": heads[0].parent if heads else settings.resolved_reward_dir,
     }
 
 

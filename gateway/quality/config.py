@@ -93,18 +93,30 @@ class JudgeSpec(SpecBase):
 
 
 class RewardSpec(SpecBase):
-    """`reward`: a reward model scores answers (`builtin`, or `http` at `url`)."""
+    """`reward`: a reward model scores answers: a `builtin` head (trained by `lora-gateway
+    reward train` into the reward directory, named by `head`) or one served at `url`."""
 
     kind: Literal["reward"] = "reward"
     model: Literal["builtin", "http"] = "builtin"
+    # builtin: the head's directory name under the gateway's reward directory.
+    head: str | None = Field(default=None, pattern=SCORER_NAME.pattern)
+    # http: the server's root (vLLM's `/score` is under it) and the model it serves.
     url: WebUrl | None = None
+    served_model: str | None = Field(default=None, min_length=1, max_length=200)
+    timeout_s: float = Field(default=10.0, gt=0, le=300)
 
     @model_validator(mode="after")
-    def _url_for_http(self) -> RewardSpec:
-        if self.model == "http" and self.url is None:
-            raise ValueError("url is required when model is http")
-        if self.model == "builtin" and self.url is not None:
-            raise ValueError("url is only for model http (builtin runs in the gateway)")
+    def _fields_of_the_model(self) -> RewardSpec:
+        if self.model == "http":
+            if self.url is None:
+                raise ValueError("url is required when model is http")
+            if self.head is not None:
+                raise ValueError("head is only for model builtin")
+        else:
+            if self.url is not None or self.served_model is not None:
+                raise ValueError("url and served_model are only for model http")
+            if self.head is None:
+                raise ValueError("head is required when model is builtin (a trained head's name)")
         return self
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from gateway.errors import InvalidScorerConfig
 from gateway.metrics import Metrics
 from gateway.quality.config import ScorerConfig, parse_scorer_config, read_scorer_source
-from gateway.quality.scoring import Scoring
+from gateway.quality.scoring import Prepared, Scoring
 from gateway.registry.scorers import ScorerConfigStore
 
 log = logging.getLogger(__name__)
@@ -73,15 +73,13 @@ class ScorerConfigs:
             if row is None or (self._active and self._active.id == row.id):
                 return
             try:
-                config = await asyncio.to_thread(parse_scorer_config, row.source)
+                config, prepared = await asyncio.to_thread(self._prepare, row.source)
             except InvalidScorerConfig as exc:
                 log.error("scorer configuration %s was not installed: %s", row.id, exc)
                 return
-            self._install(
-                ActiveScorers(
-                    row.id, row.sha256, config, row.created_by, row.created_at.isoformat()
-                )
-            )
+            created = row.created_at.isoformat()
+            active = ActiveScorers(row.id, row.sha256, config, row.created_by, created)
+            self._install(active, prepared)
 
     async def replace(
         self, source: str, *, actor: str, reason: str = "", dry_run: bool = False
@@ -90,7 +88,7 @@ class ScorerConfigs:
         sha = hashlib.sha256(source.encode()).hexdigest()
         async with self._changing:
             try:
-                config = await asyncio.to_thread(parse_scorer_config, source)
+                config, prepared = await asyncio.to_thread(self._prepare, source)
             except InvalidScorerConfig as exc:
                 if not dry_run:
                     await asyncio.to_thread(
@@ -108,13 +106,18 @@ class ScorerConfigs:
                 self._store.put, source, sha, routes, actor=actor, reason=reason
             )
             active = ActiveScorers(row.id, sha, config, row.created_by, row.created_at.isoformat())
-            self._install(active)
+            self._install(active, prepared)
             self._metrics.registry_operations.labels("scorers", "ok").inc()
             return active
 
-    def _install(self, active: ActiveScorers) -> None:
+    def _prepare(self, source: str) -> tuple[ScorerConfig, Prepared]:
+        """Parse `source` and load its reward models (in a worker thread)."""
+        config = parse_scorer_config(source)
+        return config, self._scoring.prepare(config)
+
+    def _install(self, active: ActiveScorers, prepared: Prepared) -> None:
         self._active = active
-        self._scoring.use(active.config)
+        self._scoring.install(prepared)
         log.info(
             "scorer configuration %s in use (%s routes)",
             active.id,

@@ -25,15 +25,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter, defaultdict, deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from gateway.background.tasks import cancel_and_wait
+from gateway.errors import InvalidScorerConfig
 from gateway.metrics import Metrics
-from gateway.quality.config import ScorerConfig, ScorerConfigSpec
+from gateway.quality.config import RewardSpec, ScorerConfig, ScorerConfigSpec
 from gateway.quality.records import Served, answer_text, last_user_text, text_of
-from gateway.quality.verifiers import Verdict, Verifier
+from gateway.quality.verifiers import Verdict
 from gateway.registry.quality import NewScore, QualityStore
 from gateway.registry.schema import ShadowPairRow
 
@@ -41,10 +42,25 @@ log = logging.getLogger(__name__)
 KIND: Final = "verifier"
 
 
+class Checker(Protocol):
+    """A scorer that runs here, in the worker thread: a verifier, or a reward model."""
+
+    @property
+    def name(self) -> str:
+        """The name its scores are stored under."""
+        ...
+
+    def __call__(self, answer: str, prompt: str = "") -> Verdict: ...
+
+
+# Builds a reward scorer from its spec (raises when its model cannot be used).
+RewardLoader = Callable[[str, RewardSpec], Checker]
+
+
 @dataclass(frozen=True, slots=True)
 class _AnswerJob:
     served: Served
-    verifiers: tuple[Verifier, ...]
+    verifiers: tuple[Checker, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,41 +74,61 @@ class _PairJob:
     stable_body: str
     shadow_version: int
     shadow_body: str
-    verifiers: tuple[Verifier, ...]
+    verifiers: tuple[Checker, ...]
 
 
 @dataclass(frozen=True, slots=True)
-class _InUse:
+class Prepared:
     """A configuration with each route's verifiers (and their rates) picked out once."""
 
     config: ScorerConfig
     # route -> ((verifier, sample rate), ...)
-    verifiers: Mapping[str, tuple[tuple[Verifier, float], ...]]
+    verifiers: Mapping[str, tuple[tuple[Checker, float], ...]]
     rates: Mapping[str, float]
 
     @classmethod
-    def of(cls, config: ScorerConfig) -> _InUse:
-        verifiers = {
-            route: tuple((s.verifier, s.sample_rate) for s in scorers if s.verifier is not None)
-            for route, scorers in config.scorers.items()
-        }
+    def of(cls, config: ScorerConfig, rewards: RewardLoader | None = None) -> Prepared:
+        """Pick out each route's verifiers, and build its reward scorers with `rewards`
+        (InvalidScorerConfig naming every reward model that cannot be used)."""
+        checkers: dict[str, tuple[tuple[Checker, float], ...]] = {}
+        problems: list[str] = []
+        for route, scorers in config.scorers.items():
+            picked: list[tuple[Checker, float]] = []
+            for i, s in enumerate(scorers):
+                if s.verifier is not None:
+                    picked.append((s.verifier, s.sample_rate))
+                elif isinstance(s.spec, RewardSpec) and rewards is not None:
+                    try:
+                        picked.append((rewards(s.name, s.spec), s.sample_rate))
+                    except Exception as exc:
+                        problems.append(f"routes.{route}.scorers[{i}]: {exc}")
+            checkers[route] = tuple(picked)
+        if problems:
+            raise InvalidScorerConfig(problems)
         rates = {
-            route: max((rate for _, rate in vs), default=0.0) for route, vs in verifiers.items()
+            route: max((rate for _, rate in vs), default=0.0) for route, vs in checkers.items()
         }
-        return cls(config, verifiers, rates)
+        return cls(config, checkers, rates)
 
 
 class Scoring:
     """Runs the verifier scorers on sampled answers and shadow pairs, in batches."""
 
     def __init__(
-        self, store: QualityStore, metrics: Metrics, *, max_queue: int = 10_000, batch: int = 256
+        self,
+        store: QualityStore,
+        metrics: Metrics,
+        *,
+        max_queue: int = 10_000,
+        batch: int = 256,
+        rewards: RewardLoader | None = None,
     ) -> None:
         self._store = store
+        self._rewards = rewards
         self._metrics = metrics
         self._max_queue = max_queue
         self._batch = batch
-        self._in_use = _InUse.of(ScorerConfig.from_spec(ScorerConfigSpec(), ""))
+        self._in_use = Prepared.of(ScorerConfig.from_spec(ScorerConfigSpec(), ""))
         self._queue: deque[_AnswerJob | _PairJob] = deque()
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -102,7 +138,15 @@ class Scoring:
 
     def use(self, config: ScorerConfig) -> None:
         """Score with `config` from now on (jobs already queued keep their verifiers)."""
-        self._in_use = _InUse.of(config)
+        self.install(self.prepare(config))
+
+    def prepare(self, config: ScorerConfig) -> Prepared:
+        """`config` ready to score with (its reward models loaded: run it in a thread)."""
+        return Prepared.of(config, self._rewards)
+
+    def install(self, prepared: Prepared) -> None:
+        """Score with a prepared configuration from now on."""
+        self._in_use = prepared
 
     @property
     def config(self) -> ScorerConfig:
@@ -261,7 +305,7 @@ class Scoring:
                 difference = Verdict(False, shadow.value - stable.value, detail)
                 scores.append(_pair_score(job, name, "paired", job.shadow_version, difference))
 
-    def _verdict(self, verifier: Verifier, answer: str, prompt: str) -> Verdict | None:
+    def _verdict(self, verifier: Checker, answer: str, prompt: str) -> Verdict | None:
         try:
             return verifier(answer, prompt)
         except Exception:

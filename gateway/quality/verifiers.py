@@ -71,9 +71,10 @@ _FENCE = re.compile(r"\A\s*```[ \t]*(?:json)?[ \t]*\n(.*?)\n?[ \t]*```\s*\Z", re
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
-    """One verifier's judgement of one answer."""
+    """One scorer's judgement of one answer (`passed` None: a value with no verdict, as a
+    reward model's score)."""
 
-    passed: bool
+    passed: bool | None
     value: float
     detail: str
 

@@ -226,3 +226,17 @@ async def test_a_canary_answer_s_rating_lands_on_the_candidate(
     assert store.reservoir(rollout_id, "canary", "satisfaction") == [1.0]
     with store._sessions() as session:
         assert session.scalar(select(func.count()).select_from(FeedbackRow)) == 1
+
+
+async def test_a_tenant_cannot_hide_its_traffic_behind_the_judge_header(
+    client: httpx.AsyncClient,
+) -> None:
+    response = await client.post(
+        "/v1/chat/completions",
+        json=CHAT,
+        headers={**auth(ACME), "x-lora-gateway-judge": "1"},
+    )
+    assert response.status_code == 200
+    # Logged like any answer: it can be rated.
+    rated = await rate(client, response_id=response.json()["id"], thumbs="up")
+    assert rated.status_code == 200

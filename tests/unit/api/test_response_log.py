@@ -212,3 +212,16 @@ async def test_usage_refuses_bad_parameters_with_a_400(
     response = await client.get("/admin/usage", params=params)
     assert response.status_code == 400, response.text
     assert response.json()["error"]["message"]
+
+
+async def test_the_judge_s_own_requests_are_not_logged(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    judged = await client.post(
+        "/v1/chat/completions", json=CHAT, headers={"x-lora-gateway-judge": "1"}
+    )
+    assert judged.status_code == 200
+    await client.post("/v1/chat/completions", json=CHAT)
+    await app.state.responses.flush()
+    assert [row.request_id for row in rows(app)] != [judged.headers["x-request-id"]]
+    assert len(rows(app)) == 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,6 +17,7 @@ from sqlalchemy import select
 from gateway.app import create_app
 from gateway.config import Settings
 from gateway.metrics import Metrics
+from gateway.quality.config import read_scorer_source
 from gateway.registry.schema import AuditEvent, ScoreRow
 from gateway.testing.adapters import TINY_BASE
 from gateway.testing.fake_vllm import FakeEngineState
@@ -46,8 +48,18 @@ CHAT = {"model": "pirate", "messages": [{"role": "user", "content": "Ahoy"}]}
 
 
 @pytest.fixture
-async def app(settings: Settings, metrics: Metrics) -> AsyncIterator[FastAPI]:
-    settings.quality.scorers = "demo"
+async def app(settings: Settings, metrics: Metrics, tmp_path: Path) -> AsyncIterator[FastAPI]:
+    seed = tmp_path / "scorers.yaml"
+    # The demo's verifiers only: its reward heads are trained by `lora-gateway prepare`.
+    lines = read_scorer_source("demo").splitlines(keepends=True)
+    kept = [
+        line
+        for i, line in enumerate(lines)
+        if "kind: reward" not in line and "kind: reward" not in lines[i - 1]
+    ]
+    seed.write_text("".join(kept))
+    settings.quality.scorers = str(seed)
+    settings.quality.reward_dir = tmp_path / "reward"
     application = create_app(settings, metrics=metrics, base_info=TINY_BASE)
     async with application.router.lifespan_context(application):
         yield application
@@ -76,7 +88,7 @@ async def scores(app: FastAPI) -> list[ScoreRow]:
         return list(session.scalars(select(ScoreRow).order_by(ScoreRow.id)).all())
 
 
-async def test_the_demo_configuration_is_seeded_and_shown(client: httpx.AsyncClient) -> None:
+async def test_the_seeded_configuration_is_shown(client: httpx.AsyncClient) -> None:
     response = await client.get("/admin/scorers")
     assert response.status_code == 200, response.text
     out = response.json()
@@ -186,3 +198,15 @@ async def test_a_replaced_configuration_is_audited_and_used_at_once(
     assert event.reason == "only caps" and event.detail["routes"] == {
         "pirate": ["shouted", "length"]
     }
+
+
+async def test_the_demo_seed_without_its_reward_heads_is_refused_and_scores_nothing(
+    settings: Settings, metrics: Metrics, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings.quality.scorers = "demo"
+    settings.quality.reward_dir = tmp_path / "no-heads"
+    application = create_app(settings, metrics=metrics, base_info=TINY_BASE)
+    async with application.router.lifespan_context(application):
+        assert application.state.scorers.active is None
+        assert application.state.scoring.rate("pirate") == 0.0
+    assert "no reward head 'pirate'" in caplog.text

@@ -92,8 +92,12 @@ def test_judge_and_reward_defaults() -> None:
         None,
         None,
     )
-    reward = parse_scorer_config("routes: {r: {scorers: [{kind: reward}]}}").for_route("r")[0].spec
+    source = "routes: {r: {scorers: [{kind: reward, head: pirate}]}}"
+    reward = parse_scorer_config(source).for_route("r")[0].spec
     assert isinstance(reward, RewardSpec) and (reward.model, reward.url) == ("builtin", None)
+    assert (reward.head, reward.timeout_s) == ("pirate", 10.0)
+    with pytest.raises(InvalidScorerConfig, match="head is required"):
+        parse_scorer_config("routes: {r: {scorers: [{kind: reward}]}}")
 
 
 def test_a_route_not_configured_has_no_scorers() -> None:
@@ -193,7 +197,7 @@ routes:
         "routes.r.scorers[2].schema: not a valid Draft 2020-12 schema: $.type: 'strng' is not "
         "valid under any of the given schemas",
         "routes.r.scorers[3]: url is required when model is http",
-        "routes.r.scorers[4]: url is only for model http (builtin runs in the gateway)",
+        "routes.r.scorers[4]: url and served_model are only for model http",
         "routes.r.scorers[5].rubric_version: Input should be greater than or equal to 1",
         "routes.r.scorers[5].endpoint: 'ftp://example.com' is not an http(s) URL",
         "routes.r.scorers[6]: give min, max or both",
@@ -297,7 +301,8 @@ def test_the_demo_config_is_packaged_and_parses() -> None:
     for route in config.route_names():
         scorers = config.for_route(route)
         assert {s.kind for s in scorers} >= {"length", "refusal"}
-        assert all(s.verifier is not None and s.sample_rate == 1.0 for s in scorers)
+        assert all(s.sample_rate == 1.0 for s in scorers)
+        assert [s.kind for s in scorers if s.verifier is None] == ["reward"]
 
 
 @pytest.mark.parametrize("route", list(TYPICAL))

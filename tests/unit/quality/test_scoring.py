@@ -15,14 +15,17 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from gateway.errors import InvalidScorerConfig
 from gateway.metrics import Metrics
 from gateway.quality.config import (
     BuiltScorer,
+    RewardSpec,
     ScorerConfig,
     parse_scorer_config,
     read_scorer_source,
 )
 from gateway.quality.records import Served, utc
+from gateway.quality.rewards import RewardScorer
 from gateway.quality.scoring import Scoring
 from gateway.quality.verifiers import Verdict, Verifier
 from gateway.registry import database
@@ -308,27 +311,55 @@ async def test_a_streamed_answer_is_scored_from_its_events(
     assert scores["length"].value == len(SHOUTED)
 
 
-async def test_judge_and_reward_scorers_are_not_run_here(
-    scoring: Scoring, store: QualityStore, sessions: sessionmaker[Session], metrics: Metrics
+REWARDED = """
+routes:
+  shout:
+    sample_rate: 1.0
+    scorers:
+      - {kind: judge, rubric: helpfulness}
+      - {kind: reward, head: loud}
+"""
+
+
+class _Loudness:
+    """A reward model that likes exclamation marks."""
+
+    name = "fake:loud"
+
+    def score(self, prompt: str, answer: str) -> float:
+        return float(answer.count("!"))
+
+
+async def test_reward_scorers_run_here_with_a_value_and_no_verdict_and_judges_do_not(
+    store: QualityStore, sessions: sessionmaker[Session], metrics: Metrics
 ) -> None:
-    scoring.use(
-        parse_scorer_config(
-            """
-            routes:
-              shout:
-                sample_rate: 1.0
-                scorers:
-                  - {kind: judge, rubric: helpfulness}
-                  - {kind: reward}
-            """
-        )
-    )
+    loaded: list[str] = []
 
+    def rewards(name: str, spec: RewardSpec) -> RewardScorer:
+        loaded.append(f"{name}:{spec.head}")
+        return RewardScorer(name, _Loudness())
+
+    scoring = Scoring(store, metrics, rewards=rewards)
+    scoring.use(parse_scorer_config(REWARDED))
+    assert loaded == ["reward:loud"] and scoring.rate("shout") == 1.0
     await scored(scoring, logged(store, [served("a")]))
+    [reward] = stored(sessions).values()
+    assert (reward.scorer, reward.value, reward.passed) == ("reward", SHOUTED.count("!"), None)
+    assert reward.detail == "fake:loud"
 
-    assert scoring.rate("shout") == 0.0
-    assert stored(sessions) == {}
-    assert sample(metrics, "gateway_quality_dropped_total", kind="verifier") is None
+
+async def test_a_reward_head_that_cannot_be_loaded_refuses_the_configuration(
+    store: QualityStore, metrics: Metrics
+) -> None:
+    def rewards(name: str, spec: RewardSpec) -> RewardScorer:
+        raise FileNotFoundError(f"no reward head {spec.head!r}")
+
+    scoring = Scoring(store, metrics, rewards=rewards)
+    with pytest.raises(
+        InvalidScorerConfig, match=r"routes.shout.scorers\[1\]: no reward head 'loud'"
+    ):
+        scoring.use(parse_scorer_config(REWARDED))
+    assert scoring.rate("shout") == 0.0  # the configuration in use is unchanged
 
 
 async def test_a_raising_verifier_is_counted_and_logged_once_and_the_others_still_score(
@@ -338,7 +369,7 @@ async def test_a_raising_verifier_is_counted_and_logged_once_and_the_others_stil
     metrics: Metrics,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    [shouted, length, _] = DEMO.for_route("shout")
+    [shouted, length, _, _] = DEMO.for_route("shout")
     broken = BuiltScorer("shout", shouted.spec, 1.0, Verifier("broken", "caps_share", Raising()))
     scoring.use(config_with("shout", broken, length))
 
