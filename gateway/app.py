@@ -28,20 +28,13 @@ from gateway.catalog import CatalogView, ModelCatalog
 from gateway.config import Settings
 from gateway.lifecycle import AdapterLifecycle
 from gateway.metrics import Metrics
-from gateway.quality.feedback import FeedbackService
-from gateway.quality.responselog import ResponseLog
-from gateway.quality.rewards import RewardLoader
-from gateway.quality.scorers import ScorerConfigs
-from gateway.quality.scoring import Scoring
+from gateway.quality.parts import build_quality
 from gateway.registry.changes import ChangeFeed
 from gateway.registry.database import make_engine, session_factory, upgrade
-from gateway.registry.quality import QualityStore
 from gateway.registry.rollouts import RolloutStore
-from gateway.registry.scorers import ScorerConfigStore
 from gateway.registry.store import Registry
 from gateway.registry.validation import BaseModelInfo, ServedBase
 from gateway.rollout.manager import RolloutManager
-from gateway.routing.embedder import OnnxEmbedder, load_embedder
 from gateway.routing.router import AutoRouter
 from gateway.upstream.launcher import EngineProcess, EngineSpec, engine_plugin_env
 from gateway.upstream.pool import UpstreamPool
@@ -101,16 +94,9 @@ def create_app(
         metrics,
         settings.rollout,
     )
-    quality_store = QualityStore(session_factory(database))
-    responses = ResponseLog(quality_store, settings.quality, metrics)
-    rewards = RewardLoader(settings.resolved_reward_dir, lambda: _reward_embedder(settings))
-    scoring = Scoring(
-        quality_store, metrics, max_queue=settings.quality.max_score_queue, rewards=rewards
-    )
-    scorers = ScorerConfigs(ScorerConfigStore(session_factory(database)), scoring, metrics)
-    responses.score_rate = scoring.rate
-    responses.listen(scoring.submit)
-    rollouts.listen_pairs(scoring.submit_pairs)
+    quality = build_quality(settings, session_factory(database), metrics, pool, proxy)
+    rollouts.listen_pairs(quality.scoring.submit_pairs)
+    rollouts.listen_pairs(quality.judging.submit_pairs)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -128,22 +114,19 @@ def create_app(
         pool.start(settings.health_interval_s)
         # After the engines are checked: a rollout found running warms its candidate first.
         await rollouts.start()
-        await scorers.start(settings.quality.scorers)
-        await scoring.start()
-        await responses.start()
+        await quality.start(settings.quality.scorers)
         # Every change to the registry, made here or by another replica, refreshes the parts
         # in this order: the catalogue before the rollouts that name its versions, then
         # versions that may no longer serve are unloaded.
         await changes.start(
-            lifecycle.refresh, router.refresh, rollouts.refresh, scorers.refresh, pool.sweep
+            lifecycle.refresh, router.refresh, rollouts.refresh, quality.scorers.refresh, pool.sweep
         )
         try:
             yield
         finally:
             await changes.stop()
             await rollouts.stop()
-            await responses.stop()
-            await scoring.stop()
+            await quality.stop()
             await router.close()
             await pool.stop()
             await proxy.close()
@@ -165,12 +148,15 @@ def create_app(
     app.state.lifecycle = lifecycle
     app.state.router = router
     app.state.rollouts = rollouts
-    app.state.service = OpenAIService(catalogs, pool, proxy, metrics, router, rollouts, responses)
-    app.state.quality_store = quality_store
-    app.state.responses = responses
-    app.state.scorers = scorers
-    app.state.scoring = scoring
-    app.state.feedback = FeedbackService(quality_store, responses, metrics)
+    app.state.service = OpenAIService(
+        catalogs, pool, proxy, metrics, router, rollouts, quality.responses
+    )
+    app.state.quality_store = quality.store
+    app.state.responses = quality.responses
+    app.state.scorers = quality.scorers
+    app.state.scoring = quality.scoring
+    app.state.judging = quality.judging
+    app.state.feedback = quality.feedback
     app.state.supervisor = supervisor
     app.state.changes = changes
     install_error_handlers(app)
@@ -186,17 +172,6 @@ def create_app(
     app.add_middleware(ApiKeyMiddleware, keyring=keyring, metrics=metrics)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
     return app
-
-
-def _reward_embedder(settings: Settings) -> OnnxEmbedder:
-    """The router's embedding model, loaded again for the reward heads (one thread)."""
-    routing = settings.routing
-    return load_embedder(
-        settings.cache_dir,
-        model=routing.model_path,
-        tokenizer=routing.tokenizer_path,
-        max_tokens=routing.max_tokens,
-    )
 
 
 def _base_info(settings: Settings) -> BaseModelInfo | None:

@@ -131,6 +131,10 @@ class QualitySettings(BaseModel):
     max_score_queue: int = Field(default=10_000, ge=10)
     # Where built-in reward heads are (`<dir>/<head>/`); None: `<cache_dir>/reward`.
     reward_dir: Path | None = None
+    # LLM judge gradings in flight at once, and waiting (past that they are dropped).
+    judge_concurrency: int = Field(default=2, ge=1, le=64)
+    max_judge_queue: int = Field(default=1000, ge=10)
+    judge_timeout_s: float = Field(default=60.0, gt=0)
 
 
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")

@@ -243,3 +243,10 @@ class Metrics:
             ["scorer"],
             registry=r,
         )
+        self.quality_judge = Counter(
+            "gateway_quality_judge_total",
+            "LLM judge gradings, per route, scorer and outcome (scored, agreed, disagreed: the "
+            "two orders of a pair differ, unparseable, error, dropped).",
+            ["route", "scorer", "outcome"],
+            registry=r,
+        )

@@ -91,6 +91,14 @@ class JudgeSpec(SpecBase):
     # None: the base model.
     model: str | None = Field(default=None, min_length=1, max_length=200)
 
+    @model_validator(mode="after")
+    def _known_rubric(self) -> JudgeSpec:
+        # Imported here: the judge module imports this one.
+        from gateway.quality.judge import load_rubric
+
+        load_rubric(self.rubric, self.rubric_version)  # a RubricError is a ValueError
+        return self
+
 
 class RewardSpec(SpecBase):
     """`reward`: a reward model scores answers: a `builtin` head (trained by `lora-gateway

@@ -16,11 +16,14 @@ from dataclasses import dataclass
 from gateway.errors import InvalidScorerConfig
 from gateway.metrics import Metrics
 from gateway.quality.config import ScorerConfig, parse_scorer_config, read_scorer_source
+from gateway.quality.judging import JudgeFactory, Judges, Judging
 from gateway.quality.scoring import Prepared, Scoring
 from gateway.registry.scorers import ScorerConfigStore
 
 log = logging.getLogger(__name__)
 SEED_ACTOR = "gateway:seed"
+# A configuration ready to install: its verifiers and reward models, and its judges.
+Ready = tuple[Prepared, Judges | None]
 
 
 @dataclass(frozen=True)
@@ -37,9 +40,18 @@ class ActiveScorers:
 class ScorerConfigs:
     """Owns the scorer configuration in use."""
 
-    def __init__(self, store: ScorerConfigStore, scoring: Scoring, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        store: ScorerConfigStore,
+        scoring: Scoring,
+        metrics: Metrics,
+        judging: Judging | None = None,
+        judges: JudgeFactory | None = None,
+    ) -> None:
         self._store = store
         self._scoring = scoring
+        self._judging = judging
+        self._judge_factory = judges
         self._metrics = metrics
         self._active: ActiveScorers | None = None
         self._changing = asyncio.Lock()
@@ -73,13 +85,13 @@ class ScorerConfigs:
             if row is None or (self._active and self._active.id == row.id):
                 return
             try:
-                config, prepared = await asyncio.to_thread(self._prepare, row.source)
+                config, ready = await asyncio.to_thread(self._prepare, row.source)
             except InvalidScorerConfig as exc:
                 log.error("scorer configuration %s was not installed: %s", row.id, exc)
                 return
             created = row.created_at.isoformat()
             active = ActiveScorers(row.id, row.sha256, config, row.created_by, created)
-            self._install(active, prepared)
+            self._install(active, ready)
 
     async def replace(
         self, source: str, *, actor: str, reason: str = "", dry_run: bool = False
@@ -88,7 +100,7 @@ class ScorerConfigs:
         sha = hashlib.sha256(source.encode()).hexdigest()
         async with self._changing:
             try:
-                config, prepared = await asyncio.to_thread(self._prepare, source)
+                config, ready = await asyncio.to_thread(self._prepare, source)
             except InvalidScorerConfig as exc:
                 if not dry_run:
                     await asyncio.to_thread(
@@ -106,18 +118,22 @@ class ScorerConfigs:
                 self._store.put, source, sha, routes, actor=actor, reason=reason
             )
             active = ActiveScorers(row.id, sha, config, row.created_by, row.created_at.isoformat())
-            self._install(active, prepared)
+            self._install(active, ready)
             self._metrics.registry_operations.labels("scorers", "ok").inc()
             return active
 
-    def _prepare(self, source: str) -> tuple[ScorerConfig, Prepared]:
-        """Parse `source` and load its reward models (in a worker thread)."""
+    def _prepare(self, source: str) -> tuple[ScorerConfig, Ready]:
+        """Parse `source`, load its reward models and build its judges (in a worker thread)."""
         config = parse_scorer_config(source)
-        return config, self._scoring.prepare(config)
+        judges = Judges.of(config, self._judge_factory) if self._judge_factory else None
+        return config, (self._scoring.prepare(config), judges)
 
-    def _install(self, active: ActiveScorers, prepared: Prepared) -> None:
+    def _install(self, active: ActiveScorers, ready: Ready) -> None:
         self._active = active
+        prepared, judges = ready
         self._scoring.install(prepared)
+        if self._judging is not None and judges is not None:
+            self._judging.install(judges)
         log.info(
             "scorer configuration %s in use (%s routes)",
             active.id,

@@ -50,6 +50,11 @@ def engine_assets() -> EngineAssets:
     model_dir = prepare_base_model(CACHE_DIR, CHECKPOINT)
     adapter_root = CACHE_DIR / "adapters"
     adapters = ensure_demo_adapters(bf16, adapter_root)
+    # The demo routes' reward heads, where the gateways started here look for them.
+    from gateway.quality.rewards import ensure_demo_heads
+    from gateway.routing.embedder import load_embedder
+
+    ensure_demo_heads(CACHE_DIR / "reward", load_embedder(CACHE_DIR))
     return EngineAssets(model_dir, bf16, adapter_root, adapters)
 
 

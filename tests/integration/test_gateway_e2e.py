@@ -534,3 +534,94 @@ def _version_requests(gateway: GatewayProcess, route: str, version: str) -> floa
         and sample.labels.get("adapter") == route
         and sample.labels.get("version") == version
     )
+
+
+# After the rollout test: it adds one more route whose versions take LoRA slots.
+def test_quality_signals_tell_a_shouting_candidate_from_a_pirate_stable_in_shadow(
+    gateway: GatewayProcess, engine_assets: EngineAssets, capsys: pytest.CaptureFixture[str]
+) -> None:
+    route = f"quality-{uuid.uuid4().hex[:8]}"
+    root = engine_assets.adapter_root
+    for version, source in ((1, "pirate"), (2, "shout")):
+        copy_adapter(engine_assets.adapters[source], root / route / f"v{version}", tag=route)
+    config = f"""
+routes:
+  {route}:
+    sample_rate: 1.0
+    scorers:
+      - {{kind: regex, name: pirate_voice, must: ['\\b(arr+|ahoy|matey|ye|yer|aye|avast)\\b']}}
+      - {{kind: caps_share, name: shouted, min: 0.6}}
+      - {{kind: reward, name: reward_pirate, head: pirate}}
+      - {{kind: reward, name: reward_shout, head: shout}}
+"""
+    questions = [
+        "Tell me about snow.", "What is a good breakfast?", "How do bees make honey?",
+        "Why is the sky blue?", "What should I pack for a hike?", "How do I boil an egg?",
+        "What is the moon made of?", "How do trains work?", "Why do cats purr?",
+        "What is a volcano?", "How do I learn to swim?", "What makes bread rise?",
+    ]  # fmt: skip
+    try:
+        for version in (1, 2):
+            registered = httpx.post(
+                f"{gateway.url}/admin/adapters",
+                json={"name": route, "path": f"{route}/v{version}"},
+                timeout=60,
+            )
+            assert registered.status_code == 201, registered.text
+        put = httpx.put(f"{gateway.url}/admin/scorers", content=config, timeout=60)
+        assert put.status_code == 200, put.text
+        started = httpx.post(
+            f"{gateway.url}/admin/rollouts", json={"route": route, "version": 2}, timeout=300
+        )
+        assert started.status_code == 201, started.text
+        for index, question in enumerate(questions):
+            response = httpx.post(
+                f"{gateway.url}/v1/chat/completions",
+                json={
+                    "model": route,
+                    "user": f"quality-user-{index}",
+                    "messages": [{"role": "user", "content": question}],
+                    "temperature": 0,
+                    "max_tokens": 32,
+                },
+                timeout=120,
+            )
+            assert response.status_code == 200, response.text
+            assert response.headers["x-variant"] == "stable"  # nobody sees v2
+        signals: dict[tuple[str, str], dict[str, Any]] = {}
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            status = httpx.get(f"{gateway.url}/admin/rollouts/{route}", timeout=30).json()
+            signals = {(s["variant"], s["signal"]): s for s in status["signals"]}
+            done = [
+                signals.get((v, "reward_shout"), {}).get("count", 0) for v in ("stable", "paired")
+            ]
+            if done == [len(questions)] * 2:
+                break
+            time.sleep(1)
+        with capsys.disabled():
+            print(f"\nquality signals of {route} (v1 pirate = stable, v2 shout = shadow):")
+            for (variant, signal), s in sorted(
+                signals.items(), key=lambda kv: (kv[0][1], kv[0][0])
+            ):
+                rate = ""
+                if s["passes"] + s["fails"]:
+                    rate = f", pass {s['passes']}/{s['passes'] + s['fails']}"
+                print(f"  {signal:14s} {variant:8s} n={s['count']:3d} mean={s['mean']:+.3f}{rate}")
+        n = len(questions)
+        for variant in ("stable", "shadow", "paired"):
+            for signal in ("pirate_voice", "shouted", "reward_pirate", "reward_shout"):
+                assert signals[(variant, signal)]["count"] == n, (variant, signal, signals)
+        # The verifiers: the stable answers talk like pirates, the candidate's shout.
+        assert signals[("stable", "pirate_voice")]["passes"] >= 0.75 * n
+        assert signals[("shadow", "shouted")]["passes"] >= 0.75 * n
+        assert signals[("stable", "shouted")]["passes"] <= 0.25 * n
+        # Paired on the same requests: the candidate is more shouted and less piratical.
+        assert signals[("paired", "shouted")]["mean"] > 0.5
+        assert signals[("paired", "pirate_voice")]["mean"] < -0.5
+        # The reward heads tell them apart the same way, with no rule written for it.
+        assert signals[("paired", "reward_shout")]["mean"] > 0
+        assert signals[("paired", "reward_pirate")]["mean"] < 0
+    finally:
+        httpx.post(f"{gateway.url}/admin/rollouts/{route}/abort", json={}, timeout=60)
+        shutil.rmtree(root / route, ignore_errors=True)

@@ -11,7 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.quality.config import JudgeSpec
+from gateway.errors import InvalidScorerConfig
+from gateway.quality.config import JudgeSpec, parse_scorer_config
 from gateway.quality.judge import (
     CUT_MARK,
     JUDGE_HEADER,
@@ -420,8 +421,10 @@ async def test_judge_for_a_spec_uses_its_endpoint_and_model() -> None:
     assert recorder.bodies[0]["model"] == "qwen-7b"
 
 
-def test_judge_for_an_unknown_rubric_raises() -> None:
-    with pytest.raises(RubricError):
-        judge_for(
-            JudgeSpec(rubric="nope"), httpx.AsyncClient(), gateway_url=BASE, base_model="base"
+def test_an_unknown_rubric_is_refused_by_the_configuration() -> None:
+    with pytest.raises(InvalidScorerConfig, match="unknown rubric 'nope'"):
+        parse_scorer_config("routes: {r: {scorers: [{kind: judge, rubric: nope}]}}")
+    with pytest.raises(InvalidScorerConfig, match="has no version 9"):
+        parse_scorer_config(
+            "routes: {r: {scorers: [{kind: judge, rubric: helpfulness, rubric_version: 9}]}}"
         )
