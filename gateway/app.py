@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator
 
@@ -121,6 +122,11 @@ def create_app(
         await changes.start(
             lifecycle.refresh, router.refresh, rollouts.refresh, quality.scorers.refresh, pool.sweep
         )
+        # Everything loaded so far lives as long as the process: out of the collector's
+        # sight, a full collection (run by whichever thread allocates, the scoring worker's
+        # included, holding the GIL throughout) walks only what came after.
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:

@@ -135,6 +135,9 @@ class QualitySettings(BaseModel):
     judge_concurrency: int = Field(default=2, ge=1, le=64)
     max_judge_queue: int = Field(default=1000, ge=10)
     judge_timeout_s: float = Field(default=60.0, gt=0)
+    # Python's thread switch interval (the longest the event loop waits for the GIL while a
+    # worker thread scores answers); Python's own default is 0.005.
+    gil_switch_interval_s: float = Field(default=0.0002, ge=0.0001, le=0.05)
 
 
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")

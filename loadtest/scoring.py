@@ -70,8 +70,8 @@ routes:
       - {{kind: refusal}}
       - {{kind: language, expect: en}}
       - {{kind: caps_share, max: 0.5}}
-      - {{kind: reward, head: pirate}}
 """
+REWARD = "      - {kind: reward, head: pirate}\n"
 
 
 def _metric(url: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
@@ -106,7 +106,7 @@ def _put_scorers(url: str, source: str) -> None:
 
 
 async def _measure(
-    target: Target, url: str, pid: int, rate: float, duration_s: float, rounds: int
+    target: Target, url: str, pid: int, rate: float, duration_s: float, rounds: int, on: str
 ) -> dict[str, Any]:
     rng = np.random.default_rng(0)
     connector = aiohttp.TCPConnector(limit=0)
@@ -114,12 +114,12 @@ async def _measure(
     sides = {"off": Samples(), "on": Samples()}
     headers = {"content-type": "application/json"}
     async with aiohttp.ClientSession(connector=connector, timeout=timeout, headers=headers) as s:
-        for source in (OFF, ON):
+        for source in (OFF, on):
             _put_scorers(url, source)
             await _block(s, target, False, rate, 1.0, Arrival.uniform, rng, Samples())
         for i in range(rounds):
             for name in ("off", "on") if i % 2 == 0 else ("on", "off"):
-                _put_scorers(url, ON if name == "on" else OFF)
+                _put_scorers(url, on if name == "on" else OFF)
                 out = sides[name]
                 gc.collect()
                 gc.disable()
@@ -164,7 +164,13 @@ async def _flood(target: Target, rate: float, duration_s: float) -> Samples:
 
 
 def run(
-    rate: float, duration_s: float, rounds: int, flood_rate: float, flood_s: float, queue: int
+    rate: float,
+    duration_s: float,
+    rounds: int,
+    flood_rate: float,
+    flood_s: float,
+    queue: int,
+    reward: bool,
 ) -> dict[str, Any]:
     """Start the fake and the gateway, measure OFF/ON, then flood twice."""
     fake_port, gateway_port = 8041, 8042
@@ -174,11 +180,12 @@ def run(
         for port in (fake_port, gateway_port):
             ensure_port_free(port)
         fake_log, gateway_log = root / "fake.log", root / "gateway.log"
-        fake = spawn(_fake_command(fake_port), fake_log, _gateway_env(fake_url, root, None), {1})
+        base_env = _gateway_env(fake_url, root, None)
+        fake = spawn(_fake_command(fake_port), fake_log, base_env, {1})
         stack.callback(stop, fake)
         wait_ok(f"{fake_url}/health", fake, 30.0, fake_log)
         env = {
-            **_gateway_env(fake_url, root, None),
+            **base_env,
             # The prepared classifier model and demo reward heads (`lora-gateway prepare`).
             "GATEWAY_CACHE_DIR": str(DEFAULT_CACHE_DIR),
             "GATEWAY_QUALITY__MAX_SCORE_QUEUE": str(queue),
@@ -189,9 +196,10 @@ def run(
         target = Target("through", f"{url}/v1/chat/completions", request_body(ADAPTER, False))
         os.sched_setaffinity(0, {1})
         console.print(f"[bold]OFF vs ON[/bold]: {rate:g} req/s, {duration_s:g}s per side")
-        result = uvloop.run(_measure(target, url, gateway.pid, rate, duration_s, rounds))
+        on = ON + REWARD if reward else ON
+        result = uvloop.run(_measure(target, url, gateway.pid, rate, duration_s, rounds, on))
         result["scores_written"] = _total(url, "gateway_quality_scores_total")
-        _put_scorers(url, ON)
+        _put_scorers(url, on)
         floods = []
         for n in range(2):
             dropped_before = _total(url, "gateway_quality_dropped_total")
@@ -243,12 +251,15 @@ def main(
     flood_rate: Annotated[float, typer.Option(help="Flood requests per second.")] = 600.0,
     flood_duration: Annotated[float, typer.Option(help="Seconds of each flood.")] = 10.0,
     queue: Annotated[int, typer.Option(min=10, help="The scoring queue's size.")] = 2000,
+    reward: Annotated[
+        bool, typer.Option("--reward/--no-reward", help="Include a built-in reward head.")
+    ] = True,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write results here.")] = None,
 ) -> None:
     """Measure what scoring at 100% adds to requests, then overfill the scoring queue."""
     try:
         result, load_before, load_after = run_guarded(
-            lambda: run(rate, duration, rounds, flood_rate, flood_duration, queue)
+            lambda: run(rate, duration, rounds, flood_rate, flood_duration, queue, reward)
         )
     except BenchError as exc:
         console.print(f"[red]{exc}[/red]")
@@ -264,7 +275,13 @@ def main(
             {
                 "benchmark": "scoring-overhead",
                 "machine": machine(),
-                "config": {"rate": rate, "duration_s": duration, "rounds": rounds, "queue": queue},
+                "config": {
+                    "rate": rate,
+                    "duration_s": duration,
+                    "rounds": rounds,
+                    "queue": queue,
+                    "reward": reward,
+                },
                 "load_average": {"before": load_before, "after": load_after},
                 "results": result,
             },

@@ -4,6 +4,7 @@ stop order."""
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import httpx
@@ -63,6 +64,10 @@ def build_quality(
 ) -> QualityParts:
     """Build the quality parts and join them (the response log feeds the scorers)."""
     quality = settings.quality
+    # The scoring and writer threads hold the GIL between the event loop's turns; the loop
+    # asking for it waits up to one switch interval each time (5 ms by default: tens of
+    # milliseconds over a request's few turns). A shorter interval bounds that wait.
+    sys.setswitchinterval(quality.gil_switch_interval_s)
     store = QualityStore(sessions)
     responses = ResponseLog(store, quality, metrics)
     rewards = RewardLoader(settings.resolved_reward_dir, lambda: _reward_embedder(settings))

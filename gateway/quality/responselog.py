@@ -20,6 +20,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
+from gateway.background.lowpriority import LowPriorityThread
 from gateway.background.tasks import cancel_and_wait
 from gateway.config import QualitySettings
 from gateway.metrics import Metrics
@@ -55,6 +56,7 @@ class ResponseLog:
         # The share of a route's requests some scorer samples (set by the scorers).
         self.score_rate: Callable[[str], float] = lambda route: 0.0
         self._next_expiry = 0.0
+        self._thread = LowPriorityThread("response-log")
 
     @property
     def pending(self) -> int:
@@ -119,7 +121,7 @@ class ResponseLog:
             if not batch:
                 return
             try:
-                await asyncio.to_thread(self._write, batch)
+                await self._thread.run(self._write, batch)
             except BaseException:
                 # Put the batch back (in front of newer records) within the buffer's bound.
                 room = max(0, self._settings.max_pending - len(self._pending))

@@ -7,7 +7,8 @@ waited for: a slow database costs scores, never requests, and memory stays bound
 
 One worker takes up to `batch` jobs at a time and makes one thread hop per batch: the
 verifiers (pure CPU, microseconds an answer) and `QualityStore.add_scores` (a blocking
-transaction that also moves the aggregates) run together in `asyncio.to_thread`. A batch
+transaction that also moves the aggregates) run together on a worker thread of low
+priority (`LowPriorityThread`: requests get the core first). A batch
 the store refuses is dropped and counted too; its scores are a sample, not a ledger.
 
 A served answer gets one score per sampled verifier, under the variant that served it. A
@@ -29,6 +30,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
+from gateway.background.lowpriority import LowPriorityThread
 from gateway.background.tasks import cancel_and_wait
 from gateway.errors import InvalidScorerConfig
 from gateway.metrics import Metrics
@@ -125,6 +127,7 @@ class Scoring:
     ) -> None:
         self._store = store
         self._rewards = rewards
+        self._thread = LowPriorityThread("quality-scoring")
         self._metrics = metrics
         self._max_queue = max_queue
         self._batch = batch
@@ -245,7 +248,7 @@ class Scoring:
 
     async def _run(self, jobs: list[_AnswerJob | _PairJob]) -> None:
         try:
-            await asyncio.to_thread(self._score, jobs)
+            await self._thread.run(self._score, jobs)
         except Exception:
             log.exception("quality scoring: a batch of %s jobs was not stored", len(jobs))
             self._metrics.quality_dropped.labels(KIND).inc(len(jobs))

@@ -18,6 +18,7 @@ from typer.testing import CliRunner, Result
 import gateway
 from gateway.cli import app
 from gateway.engine import basemodel
+from gateway.quality import rewards
 from gateway.routing import embedder
 
 ADMIN_SHA = "a" * 64
@@ -54,6 +55,14 @@ class Preparation:
         self.calls.append(("classifier", source))
         return cache_dir / "minilm.onnx"
 
+    def embedder(self, cache_dir: Path, **options: Any) -> str:
+        self.calls.append(("embedder", options.get("model")))
+        return "an embedder"
+
+    def reward_heads(self, reward_dir: Path, model: Any) -> list[Path]:
+        self.calls.append(("reward_heads", reward_dir))
+        return [reward_dir / "pirate"]
+
 
 @pytest.fixture
 def prepared(monkeypatch: pytest.MonkeyPatch) -> Preparation:
@@ -67,6 +76,8 @@ def prepared(monkeypatch: pytest.MonkeyPatch) -> Preparation:
         lambda: embedder.ModelFiles(Path("/pkg/model.onnx"), Path("/pkg/tokenizer.json")),
     )
     monkeypatch.setattr(embedder, "prepare_model", fake.classifier)
+    monkeypatch.setattr(embedder, "load_embedder", fake.embedder)
+    monkeypatch.setattr(rewards, "ensure_demo_heads", fake.reward_heads)
     return fake
 
 
@@ -88,11 +99,15 @@ def test_prepare_json_reports_the_same_places_as_the_settings(
         "bf16_dir": str(cache / "models" / "smollm2-135m-instruct-bf16"),
         "classifier_model": str(cache / "classifier" / "minilm.onnx"),
         "adapter_root": str(cache / "adapters"),
+        "reward_dir": str(cache / "reward"),
     }
     assert prepared.calls == [
         ("base_model", "w8a8"),
         ("bf16", cache),
         ("classifier", Path("/pkg/model.onnx")),
+        # The demo routes' reward heads, over the classifier's embeddings.
+        ("embedder", None),
+        ("reward_heads", cache / "reward"),
     ]
     # What a person would read goes to stderr, where it does not spoil the JSON.
     assert "quantizing..." in result.stderr
@@ -128,7 +143,8 @@ def test_prepare_leaves_models_of_your_own_alone(prepared: Preparation, tmp_path
     assert places["model_dir"] == str(own_model)
     assert places["classifier_model"] == str(own_classifier)
     # The demo adapters still train on the embedded model's bf16 original.
-    assert [name for name, _ in prepared.calls] == ["bf16"]
+    assert [name for name, _ in prepared.calls] == ["bf16", "embedder", "reward_heads"]
+    assert prepared.calls[1] == ("embedder", own_classifier)
 
 
 def test_prepare_says_where_things_are_and_how_to_train_the_demo_adapters(
@@ -157,6 +173,11 @@ basemodel.prepare_base_model = lambda cache, quantization: cache / quantization
 basemodel.convert_gguf = lambda cache: cache / "bf16"
 embedder.packaged_files = lambda: embedder.ModelFiles(Path("m.onnx"), Path("t.json"))
 embedder.prepare_model = lambda source, cache, sha=None: cache / "m.onnx"
+embedder.load_embedder = lambda cache, **options: None
+from gateway.quality import reward, rewards
+
+# The demo heads' data is located (never imported) from the pipeline's package.
+rewards.ensure_demo_heads = lambda directory, model: [reward.demo_data_dir()]
 from gateway.cli import app
 
 for args in (["--help"], ["prepare", "--help"], ["prepare", "--json"]):

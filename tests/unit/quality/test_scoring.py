@@ -591,7 +591,7 @@ def test_rate_is_the_largest_verifier_rate_of_the_route(scoring: Scoring) -> Non
                   - {kind: length, min_chars: 10}
                   - {kind: judge, rubric: helpfulness, sample_rate: 0.9}
               pirate:
-                scorers: [{kind: judge, rubric: voice}]
+                scorers: [{kind: judge, rubric: helpfulness}]
             """
         )
     )
