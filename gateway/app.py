@@ -32,6 +32,7 @@ from gateway.metrics import Metrics
 from gateway.quality.parts import build_quality
 from gateway.registry.changes import ChangeFeed
 from gateway.registry.database import make_engine, session_factory, upgrade
+from gateway.registry.documents import route_tables
 from gateway.registry.rollouts import RolloutStore
 from gateway.registry.store import Registry
 from gateway.registry.validation import BaseModelInfo, ServedBase
@@ -77,7 +78,13 @@ def create_app(
         metrics=metrics,
         catalogs=catalogs,
     )
-    router = AutoRouter(registry, catalogs, settings.routing, metrics, cache_dir=settings.cache_dir)
+    router = AutoRouter(
+        route_tables(session_factory(database)),
+        catalogs,
+        settings.routing,
+        metrics,
+        cache_dir=settings.cache_dir,
+    )
     keyring = KeyRing.from_settings(settings)
     proxy = EngineProxy(
         pool,

@@ -14,9 +14,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 
+from gateway.api.bodies import document_text
 from gateway.api.deps import ActorDep, RouterDep
 from gateway.api.route_table_models import ClassifyBody, ClassifyOut, RouteTableOut, table_out
-from gateway.errors import InvalidRequest
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 # The largest table accepted (thousands of utterances fit easily).
@@ -38,15 +38,7 @@ async def put_routes(
     reason: Annotated[str, Query(max_length=1024)] = "",
 ) -> RouteTableOut:
     """Replace the route table (YAML or JSON body); `dry_run` only checks it."""
-    raw = await request.body()
-    if len(raw) > MAX_TABLE_BYTES:
-        raise InvalidRequest(f"the table is over {MAX_TABLE_BYTES} bytes", param="routes")
-    try:
-        source = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InvalidRequest("the table must be UTF-8 text", param="routes") from exc
-    if not source.strip():
-        raise InvalidRequest("the body must be a route table (YAML or JSON)", param="routes")
+    source = await document_text(request, limit=MAX_TABLE_BYTES, param="routes", what="route table")
     active = await auto.replace(source, actor=actor, reason=reason, dry_run=dry_run)
     return table_out(active, stored=not dry_run)
 

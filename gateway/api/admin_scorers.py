@@ -13,8 +13,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel
 
+from gateway.api.bodies import document_text
 from gateway.api.deps import ActorDep
-from gateway.errors import InvalidRequest, RouteNotFound
+from gateway.errors import RouteNotFound
 from gateway.quality.scorers import ActiveScorers, ScorerConfigs
 
 router = APIRouter(prefix="/admin", tags=["admin"])
@@ -82,14 +83,8 @@ async def put_scorers(
     reason: Annotated[str, Query(max_length=1024)] = "",
 ) -> ScorersOut:
     """Replace the scorer configuration (YAML or JSON body); `dry_run` only checks it."""
-    raw = await request.body()
-    if len(raw) > MAX_CONFIG_BYTES:
-        raise InvalidRequest(f"the configuration is over {MAX_CONFIG_BYTES} bytes", param="scorers")
-    try:
-        source = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InvalidRequest("the configuration must be UTF-8 text", param="scorers") from exc
-    if not source.strip():
-        raise InvalidRequest("the body must be a scorer configuration (YAML)", param="scorers")
+    source = await document_text(
+        request, limit=MAX_CONFIG_BYTES, param="scorers", what="scorer configuration"
+    )
     active = await _configs(request).replace(source, actor=actor, reason=reason, dry_run=dry_run)
     return ScorersOut.of(active, stored=not dry_run)

@@ -20,8 +20,8 @@ from gateway.quality.responselog import ResponseLog
 from gateway.quality.rewards import RewardLoader
 from gateway.quality.scorers import ScorerConfigs
 from gateway.quality.scoring import Scoring
+from gateway.registry.documents import scorer_configs
 from gateway.registry.quality import QualityStore
-from gateway.registry.scorers import ScorerConfigStore
 from gateway.routing.embedder import OnnxEmbedder, load_embedder
 from gateway.upstream.pool import UpstreamPool
 from gateway.upstream.proxy import EngineProxy
@@ -89,7 +89,7 @@ def build_quality(
             timeout_s=quality.judge_timeout_s,
         )
 
-    scorers = ScorerConfigs(ScorerConfigStore(sessions), scoring, metrics, judging, make_judge)
+    scorers = ScorerConfigs(scorer_configs(sessions), scoring, metrics, judging, make_judge)
     responses.score_rate = lambda route: max(scoring.rate(route), judging.rate(route))
     responses.listen(scoring.submit)
     responses.listen(judging.submit)

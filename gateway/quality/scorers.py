@@ -18,7 +18,8 @@ from gateway.metrics import Metrics
 from gateway.quality.config import ScorerConfig, parse_scorer_config, read_scorer_source
 from gateway.quality.judging import JudgeFactory, Judges, Judging
 from gateway.quality.scoring import Prepared, Scoring
-from gateway.registry.scorers import ScorerConfigStore
+from gateway.registry.documents import WholeDocuments
+from gateway.registry.schema import ScorerConfigRow
 
 log = logging.getLogger(__name__)
 SEED_ACTOR = "gateway:seed"
@@ -42,7 +43,7 @@ class ScorerConfigs:
 
     def __init__(
         self,
-        store: ScorerConfigStore,
+        store: WholeDocuments[ScorerConfigRow],
         scoring: Scoring,
         metrics: Metrics,
         judging: Judging | None = None,

@@ -139,18 +139,22 @@ class AuditEvent(Base):
     detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
 
-class RouteTableRow(Base):
-    __tablename__ = "route_tables"
+class WholeDocumentRow:
+    """A document kept whole, one row per replacement (the newest is in use)."""
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    # The table as the operator wrote it (YAML), comments and all.
+    # The document as the operator wrote it (YAML), comments and all.
     source: Mapped[str] = mapped_column(Text)
     sha256: Mapped[str] = mapped_column(String(64))
-    # Route name -> the adapter it served, for the trail.
+    # Route name -> what the document gives it (its adapter; its scorers), for the trail.
     routes: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_by: Mapped[str] = mapped_column(String(128))
     reason: Mapped[str] = mapped_column(String(1024), default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class RouteTableRow(WholeDocumentRow, Base):
+    __tablename__ = "route_tables"
 
 
 class RolloutRow(Base):
@@ -214,18 +218,8 @@ class ShadowPairRow(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
-class ScorerConfigRow(Base):
+class ScorerConfigRow(WholeDocumentRow, Base):
     __tablename__ = "scorer_configs"
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    # The configuration as the operator wrote it (YAML), comments and all.
-    source: Mapped[str] = mapped_column(Text)
-    sha256: Mapped[str] = mapped_column(String(64))
-    # Route name -> its scorers' names, for the trail.
-    routes: Mapped[dict[str, Any]] = mapped_column(JSON)
-    created_by: Mapped[str] = mapped_column(String(128))
-    reason: Mapped[str] = mapped_column(String(1024), default="")
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class ResponseRow(Base):

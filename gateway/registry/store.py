@@ -20,7 +20,6 @@ from gateway.registry.schema import (
     Adapter,
     AdapterVersionRow,
     AuditEvent,
-    RouteTableRow,
     VersionState,
 )
 
@@ -340,52 +339,6 @@ class Registry:
             if limit is not None:
                 query = query.limit(limit)
             return list(reversed(session.scalars(query).all()))
-
-    def put_route_table(
-        self, source: str, sha256: str, routes: dict[str, Any], *, actor: str, reason: str = ""
-    ) -> RouteTableRow:
-        """Make `source` the route table in use (a new row and its audit event)."""
-        with self._sessions.begin() as session:
-            row = RouteTableRow(
-                source=source, sha256=sha256, routes=routes, created_by=actor, reason=reason
-            )
-            session.add(row)
-            session.flush()
-            session.add(
-                AuditEvent(
-                    actor=actor,
-                    action="routes:replace",
-                    adapter="",
-                    version=None,
-                    reason=reason,
-                    detail={"table": row.id, "sha256": sha256, "routes": routes},
-                )
-            )
-            return row
-
-    def record_route_table_refusal(self, message: str, sha256: str, *, actor: str) -> None:
-        """Audit a route table that validation refused (the one in use stays)."""
-        with self._sessions.begin() as session:
-            session.add(
-                AuditEvent(
-                    actor=actor,
-                    action="routes:refused",
-                    adapter="",
-                    version=None,
-                    reason=message[:1024],
-                    detail={"sha256": sha256},
-                )
-            )
-
-    def route_table(self) -> RouteTableRow | None:
-        """The route table in use (the newest), or None when there is none."""
-        with self._sessions() as session:
-            return session.scalar(select(RouteTableRow).order_by(RouteTableRow.id.desc()).limit(1))
-
-    def route_table_id(self) -> int:
-        """The id of the route table in use (0: none)."""
-        with self._sessions() as session:
-            return session.scalar(select(func.max(RouteTableRow.id))) or 0
 
     @staticmethod
     def _version_row(session: Session, name: str, version: int) -> AdapterVersionRow:

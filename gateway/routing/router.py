@@ -26,7 +26,8 @@ from gateway.catalog import CatalogView, ModelCatalog, Target
 from gateway.config import RoutingSettings
 from gateway.errors import ClassifierUnavailable, InvalidRouteTable, ModelNotFound
 from gateway.metrics import Metrics
-from gateway.registry.store import Registry
+from gateway.registry.documents import WholeDocuments
+from gateway.registry.schema import RouteTableRow
 from gateway.routing.batcher import EmbeddingBatcher, Overloaded
 from gateway.routing.classifier import Decision, RouteIndex, classify, groups_of
 from gateway.routing.conversation import Conversation, conversation_of
@@ -77,14 +78,14 @@ class AutoRouter:
 
     def __init__(
         self,
-        registry: Registry,
+        tables: WholeDocuments[RouteTableRow],
         catalogs: CatalogView,
         settings: RoutingSettings,
         metrics: Metrics,
         *,
         cache_dir: Path,
     ) -> None:
-        self._registry = registry
+        self._tables = tables
         self._catalogs = catalogs
         self._settings = settings
         self._metrics = metrics
@@ -113,7 +114,7 @@ class AutoRouter:
 
     async def start(self, seed: str | None) -> None:
         """Use the registry's table; with none there, store `seed` (a path or `demo`)."""
-        if await asyncio.to_thread(self._registry.route_table_id):
+        if await asyncio.to_thread(self._tables.newest_id):
             await self.refresh()
             return
         if seed is None:
@@ -127,12 +128,12 @@ class AutoRouter:
 
     async def refresh(self) -> None:
         """Install the registry's newest table when it is not the one in use."""
-        newest = await asyncio.to_thread(self._registry.route_table_id)
+        newest = await asyncio.to_thread(self._tables.newest_id)
         current = self._active.id if self._active else 0
         if newest == current:
             return
         async with self._changing:
-            row = await asyncio.to_thread(self._registry.route_table)
+            row = await asyncio.to_thread(self._tables.newest)
             if row is None or (self._active and self._active.id == row.id):
                 return
             try:
@@ -164,7 +165,7 @@ class AutoRouter:
             except InvalidRouteTable as exc:
                 if not dry_run:
                     await asyncio.to_thread(
-                        self._registry.record_route_table_refusal, exc.message, sha, actor=actor
+                        self._tables.record_refusal, exc.message, sha, actor=actor
                     )
                 self._metrics.registry_operations.labels("routes", "refused").inc()
                 raise
@@ -173,7 +174,7 @@ class AutoRouter:
                 return ActiveTable(0, source, sha, index, actor, "")
             routes = {route.name: route.adapter for route in table.routes}
             row = await asyncio.to_thread(
-                self._registry.put_route_table, source, sha, routes, actor=actor, reason=reason
+                self._tables.put, source, sha, routes, actor=actor, reason=reason
             )
             active = ActiveTable(
                 row.id, source, sha, index, row.created_by, row.created_at.isoformat()
