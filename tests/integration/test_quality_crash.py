@@ -1,7 +1,8 @@
-"""A gateway killed with `kill -9` while users' ratings pour in (SQLite and PostgreSQL): after
-a restart, every rating it stored is whole, each answer has at most one rating, and the
-per-variant aggregates equal the stored ratings exactly (no double counting, nothing half
-written). The fake engine answers: the response log and the registry are under test here."""
+"""A gateway killed with `kill -9` while users' ratings pour in and its answers are being
+scored (SQLite and PostgreSQL): after a restart, every rating and score it stored is whole,
+each answer has at most one rating, and the per-variant aggregates equal the stored ratings
+and scores exactly (no double counting, nothing half written). The fake engine answers: the
+response log, the scorers and the registry are under test here."""
 
 from __future__ import annotations
 
@@ -23,6 +24,14 @@ from gateway.testing.adapters import write_tiny_tree
 from gateway.testing.processes import Processes, answer_of, postgres_database
 
 ENV = {"GATEWAY_QUALITY__FLUSH_S": "0.2", "GATEWAY_ROLLOUT__FLUSH_S": "0.2"}
+SCORERS = """
+routes:
+  pirate:
+    sample_rate: 1.0
+    scorers:
+      - {kind: length, min_chars: 5, max_chars: 100}
+      - {kind: regex, name: greets, must: ['hello']}
+"""
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -47,10 +56,11 @@ def _canary_at_half(url: str) -> int:
         )
     )
     answer_of(httpx.post(f"{url}/admin/rollouts/pirate/advance", timeout=30))
+    answer_of(httpx.put(f"{url}/admin/scorers", content=SCORERS, timeout=30))
     return int(started["id"])
 
 
-def test_ratings_survive_kill_9_with_aggregates_equal_to_the_records(
+def test_ratings_and_scores_survive_kill_9_with_aggregates_equal_to_the_records(
     tmp_path: Path, database_url: str
 ) -> None:
     write_tiny_tree(tmp_path, "pirate", versions=2)
@@ -74,6 +84,20 @@ def test_ratings_survive_kill_9_with_aggregates_equal_to_the_records(
         stop = threading.Event()
         sent = [0]
 
+        def answers_flood() -> None:
+            # Answers keep coming, so the scorers are writing when the kill comes.
+            with httpx.Client(timeout=5) as client:
+                n = 0
+                while not stop.is_set():
+                    n += 1
+                    body = {
+                        "model": "pirate",
+                        "user": f"flood-{n}",
+                        "messages": [{"role": "user", "content": "Ahoy"}],
+                    }
+                    with contextlib.suppress(httpx.HTTPError):
+                        client.post(f"{gateway.url}/v1/chat/completions", json=body)
+
         def flood() -> None:
             rng = random.Random(3)
             with httpx.Client(timeout=5) as client:
@@ -86,7 +110,8 @@ def test_ratings_survive_kill_9_with_aggregates_equal_to_the_records(
                         )
                         sent[0] += 1
 
-        threads = [threading.Thread(target=flood) for _ in range(3)]
+        threads = [threading.Thread(target=flood) for _ in range(2)]
+        threads.append(threading.Thread(target=answers_flood))
         for thread in threads:
             thread.start()
         time.sleep(1.5)
@@ -109,6 +134,8 @@ def test_ratings_survive_kill_9_with_aggregates_equal_to_the_records(
         store = QualityStore(session_factory(engine))
         aggregates = store.aggregates(rollout_id)
         assert aggregates == store.recount(rollout_id)
+        scored = {signal for (_, signal), t in aggregates.items() if t.count}
+        assert {"length", "greets", SATISFACTION} <= scored, aggregates
         with store._sessions() as session:
             rated = session.scalar(select(func.count()).select_from(FeedbackRow))
         counted = sum(t.count for (_, signal), t in aggregates.items() if signal == SATISFACTION)
