@@ -129,6 +129,9 @@ class QualitySettings(BaseModel):
     scorers: str | None = None
     # Answers (or shadow pairs) waiting to be scored; past this they are dropped (counted).
     max_score_queue: int = Field(default=10_000, ge=10)
+    # Verifiers and reward heads run in a child process (at nice 19), so their CPU never
+    # holds the GIL the requests need; false: in a thread of the gateway's own process.
+    score_in_process: bool = True
     # Where built-in reward heads are (`<dir>/<head>/`); None: `<cache_dir>/reward`.
     reward_dir: Path | None = None
     # LLM judge gradings in flight at once, and waiting (past that they are dropped).

@@ -16,6 +16,7 @@ from gateway.quality.config import JudgeSpec
 from gateway.quality.feedback import FeedbackService
 from gateway.quality.judge import Judge, judge_for
 from gateway.quality.judging import EngineTransport, Judging
+from gateway.quality.offload import ChildSettings, ScoringProcess
 from gateway.quality.responselog import ResponseLog
 from gateway.quality.rewards import RewardLoader
 from gateway.quality.scorers import ScorerConfigs
@@ -71,7 +72,20 @@ def build_quality(
     store = QualityStore(sessions)
     responses = ResponseLog(store, quality, metrics)
     rewards = RewardLoader(settings.resolved_reward_dir, lambda: _reward_embedder(settings))
-    scoring = Scoring(store, metrics, max_queue=quality.max_score_queue, rewards=rewards)
+    routing = settings.routing
+    process = None
+    if quality.score_in_process:
+        child = ChildSettings(
+            settings.resolved_reward_dir,
+            settings.cache_dir,
+            routing.model_path,
+            routing.tokenizer_path,
+            routing.max_tokens,
+        )
+        process = ScoringProcess(child)
+    scoring = Scoring(
+        store, metrics, max_queue=quality.max_score_queue, rewards=rewards, process=process
+    )
     judging = Judging(
         store, metrics, max_queue=quality.max_judge_queue, concurrency=quality.judge_concurrency
     )

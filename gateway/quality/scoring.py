@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import traceback
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from gateway.background.tasks import cancel_and_wait
 from gateway.errors import InvalidScorerConfig
 from gateway.metrics import Metrics
 from gateway.quality.config import RewardSpec, ScorerConfig, ScorerConfigSpec
+from gateway.quality.offload import ScoringProcess
 from gateway.quality.records import Served, answer_text, last_user_text, text_of
 from gateway.quality.verifiers import Verdict
 from gateway.registry.quality import NewScore, QualityStore
@@ -63,6 +65,8 @@ RewardLoader = Callable[[str, RewardSpec], Checker]
 class _AnswerJob:
     served: Served
     verifiers: tuple[Checker, ...]
+    # The configuration the verifiers come from (the child process builds its own from it).
+    source: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +81,7 @@ class _PairJob:
     shadow_version: int
     shadow_body: str
     verifiers: tuple[Checker, ...]
+    source: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,9 +129,12 @@ class Scoring:
         max_queue: int = 10_000,
         batch: int = 256,
         rewards: RewardLoader | None = None,
+        process: ScoringProcess | None = None,
     ) -> None:
         self._store = store
         self._rewards = rewards
+        # Evaluate in this child process instead of the scoring thread.
+        self._process = process
         self._thread = LowPriorityThread("quality-scoring")
         self._metrics = metrics
         self._max_queue = max_queue
@@ -176,7 +184,7 @@ class Scoring:
                 v for v, rate in in_use.verifiers.get(served.route, ()) if served.draw < rate
             )
             if chosen:
-                jobs.append(_AnswerJob(served, chosen))
+                jobs.append(_AnswerJob(served, chosen, in_use.config.source))
         self._put(jobs)
 
     def submit_pairs(self, pairs: Sequence[ShadowPairRow], route: str) -> None:
@@ -196,6 +204,7 @@ class Scoring:
                     pair.shadow_version,
                     pair.shadow_body,
                     verifiers,
+                    self._in_use.config.source,
                 )
                 for pair in pairs
                 if pair.primary_status == 200 and pair.shadow_status == 200
@@ -235,6 +244,8 @@ class Scoring:
             self._metrics.quality_dropped.labels(KIND).inc(len(self._queue))
             self._queue.clear()
             self._metrics.quality_queue_depth.labels(KIND).set(0)
+        if self._process is not None:
+            self._process.close()
 
     async def _loop(self) -> None:
         while True:
@@ -256,72 +267,76 @@ class Scoring:
     # -- in the worker thread ---------------------------------------------------------------
 
     def _score(self, jobs: list[_AnswerJob | _PairJob]) -> None:
+        # Every (scorer, answer) of the batch first, evaluated together (here, or in the
+        # child process), then the scores.
+        asks: list[tuple[Checker, str, str, str, str]] = []
+        texts: list[tuple[str, str] | tuple[str, str, str]] = []
+        for job in jobs:
+            if isinstance(job, _AnswerJob):
+                answer = answer_text(job.served) or ""  # none: an empty answer, a real failure
+                prompt = last_user_text(job.served.payload) or ""
+                asks += [(c, job.served.route, job.source, answer, prompt) for c in job.verifiers]
+                texts.append((answer, prompt))
+            else:
+                prompt = last_user_text(job.request) or ""
+                shadow = text_of(job.shadow_body, stream=False) or ""
+                stable = text_of(job.stable_body, stream=_events(job.stable_body)) or ""
+                for c in job.verifiers:
+                    asks += [(c, job.route, job.source, shadow, prompt)]
+                    asks += [(c, job.route, job.source, stable, prompt)]
+                texts.append((shadow, stable, prompt))
+        verdicts = iter(self._evaluate(asks))
         scores: list[NewScore] = []
         for job in jobs:
             if isinstance(job, _AnswerJob):
-                self._score_answer(job, scores)
+                for checker in job.verifiers:
+                    verdict = next(verdicts)
+                    if verdict is not None:
+                        scores.append(_answer_score(job.served, checker.name, verdict))
             else:
-                self._score_pair(job, scores)
+                for checker in job.verifiers:
+                    shadow_v, stable_v = next(verdicts), next(verdicts)
+                    _pair_scores(job, checker.name, shadow_v, stable_v, scores)
         if scores:
             self._store.add_scores(scores)
             self._count(scores)
 
-    def _score_answer(self, job: _AnswerJob, scores: list[NewScore]) -> None:
-        served = job.served
-        # No text is an answer too: an empty one, which most verifiers fail.
-        answer = answer_text(served) or ""
-        prompt = last_user_text(served.payload) or ""
-        for verifier in job.verifiers:
-            verdict = self._verdict(verifier, answer, prompt)
-            if verdict is None:
-                continue
-            scores.append(
-                NewScore(
-                    subject="",
-                    tenant=served.tenant,
-                    request_id=served.request_id,
-                    scorer=verifier.name,
-                    route=served.route,
-                    version=served.version,
-                    variant=served.variant,
-                    rollout_id=served.rollout_id,
-                    value=verdict.value,
-                    passed=verdict.passed,
-                    detail=verdict.detail,
-                )
+    def _evaluate(self, asks: list[tuple[Checker, str, str, str, str]]) -> list[Verdict | None]:
+        """Each checker's verdict on its answer (None: it raised; counted and logged once)."""
+        if self._process is None or not asks:
+            return [self._verdict(c, answer, prompt) for c, _, _, answer, prompt in asks]
+        verdicts: list[Verdict | None] = []
+        # One configuration per call: jobs queued before a swap keep theirs.
+        for source, group in _by_source(asks):
+            answers = self._process.evaluate(
+                source, [(route, c.name, answer, prompt) for c, route, _, answer, prompt in group]
             )
-
-    def _score_pair(self, job: _PairJob, scores: list[NewScore]) -> None:
-        prompt = last_user_text(job.request) or ""
-        shadow_text = text_of(job.shadow_body, stream=False) or ""
-        stable_text = text_of(job.stable_body, stream=_events(job.stable_body)) or ""
-        for verifier in job.verifiers:
-            shadow = self._verdict(verifier, shadow_text, prompt)
-            stable = self._verdict(verifier, stable_text, prompt)
-            name = verifier.name
-            if shadow is not None:
-                scores.append(_pair_score(job, name, "shadow", job.shadow_version, shadow))
-            if stable is not None:
-                scores.append(_pair_score(job, name, "stable", job.stable_version, stable))
-            if shadow is not None and stable is not None:
-                detail = f"shadow {round(shadow.value, 4)} vs stable {round(stable.value, 4)}"
-                difference = Verdict(False, shadow.value - stable.value, detail)
-                scores.append(_pair_score(job, name, "paired", job.shadow_version, difference))
+            for (checker, *_), got in zip(group, answers, strict=True):
+                if isinstance(got, str):
+                    self._failed(checker.name, got)
+                    verdicts.append(None)
+                else:
+                    verdicts.append(Verdict(*got))
+        return verdicts
 
     def _verdict(self, verifier: Checker, answer: str, prompt: str) -> Verdict | None:
         try:
             return verifier(answer, prompt)
         except Exception:
             # A bug in the verifier: skip its score, keep the others and the worker.
-            self._metrics.quality_scorer_errors.labels(verifier.name).inc()
-            if verifier.name not in self._logged:
-                self._logged.add(verifier.name)
-                log.exception(
-                    "quality scoring: scorer %s failed (logged once; every failure is counted "
-                    "in gateway_quality_scorer_errors_total)",
-                    verifier.name,
-                )
+            self._failed(verifier.name, traceback.format_exc())
             return None
+
+    def _failed(self, name: str, trace: str) -> None:
+        self._metrics.quality_scorer_errors.labels(name).inc()
+        if name not in self._logged:
+            self._logged.add(name)
+            log.error(
+                "quality scoring: scorer %s failed (logged once; every failure is counted in "
+                "gateway_quality_scorer_errors_total):\n%s",
+                name,
+                trace,
+            )
 
     def _count(self, scores: list[NewScore]) -> None:
         results: Counter[tuple[str, str, str, str]] = Counter()
@@ -346,6 +361,53 @@ _PAIR_VARIANTS: Final[dict[str, str | None]] = {
     "stable": None,
     "paired": "paired",
 }
+
+
+def _answer_score(served: Served, scorer: str, verdict: Verdict) -> NewScore:
+    return NewScore(
+        subject="",
+        tenant=served.tenant,
+        request_id=served.request_id,
+        scorer=scorer,
+        route=served.route,
+        version=served.version,
+        variant=served.variant,
+        rollout_id=served.rollout_id,
+        value=verdict.value,
+        passed=verdict.passed,
+        detail=verdict.detail,
+    )
+
+
+def _pair_scores(
+    job: _PairJob,
+    name: str,
+    shadow: Verdict | None,
+    stable: Verdict | None,
+    scores: list[NewScore],
+) -> None:
+    """The candidate's score, the stable one's and their difference."""
+    if shadow is not None:
+        scores.append(_pair_score(job, name, "shadow", job.shadow_version, shadow))
+    if stable is not None:
+        scores.append(_pair_score(job, name, "stable", job.stable_version, stable))
+    if shadow is not None and stable is not None:
+        detail = f"shadow {round(shadow.value, 4)} vs stable {round(stable.value, 4)}"
+        difference = Verdict(None, shadow.value - stable.value, detail)
+        scores.append(_pair_score(job, name, "paired", job.shadow_version, difference))
+
+
+def _by_source(
+    asks: list[tuple[Checker, str, str, str, str]],
+) -> list[tuple[str, list[tuple[Checker, str, str, str, str]]]]:
+    """Runs of consecutive asks made from the same configuration, in order."""
+    runs: list[tuple[str, list[tuple[Checker, str, str, str, str]]]] = []
+    for ask in asks:
+        if runs and runs[-1][0] == ask[2]:
+            runs[-1][1].append(ask)
+        else:
+            runs.append((ask[2], [ask]))
+    return runs
 
 
 def _pair_score(job: _PairJob, scorer: str, side: str, version: int, verdict: Verdict) -> NewScore:

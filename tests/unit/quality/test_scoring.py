@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import signal
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from gateway.quality.config import (
     parse_scorer_config,
     read_scorer_source,
 )
+from gateway.quality.offload import ChildSettings, ScoringProcess
 from gateway.quality.records import Served, utc
 from gateway.quality.rewards import RewardScorer
 from gateway.quality.scoring import Scoring
@@ -82,6 +85,11 @@ def store(sessions: sessionmaker[Session]) -> QualityStore:
 
 @pytest.fixture
 def rollout_id(sessions: sessionmaker[Session]) -> int:
+    return new_rollout(sessions)
+
+
+def new_rollout(sessions: sessionmaker[Session]) -> int:
+    """A rollout of shout (in shadow), for scores to be aggregated under."""
     with sessions.begin() as session:
         session.add(Adapter(name="shout", stable_version=1))
         row = RolloutRow(
@@ -378,10 +386,12 @@ async def test_a_raising_verifier_is_counted_and_logged_once_and_the_others_stil
 
     assert sorted(scorer for _, scorer in stored(sessions)) == ["length"] * 3
     assert sample(metrics, "gateway_quality_scorer_errors_total", scorer="broken") == 3
-    assert [r.getMessage() for r in caplog.records if "broken" in r.getMessage()] == [
+    [logged_once] = [r.getMessage() for r in caplog.records if "broken" in r.getMessage()]
+    assert logged_once.startswith(
         "quality scoring: scorer broken failed (logged once; every failure is counted in "
-        "gateway_quality_scorer_errors_total)"
-    ]
+        "gateway_quality_scorer_errors_total):\n"
+    )
+    assert "ZeroDivisionError: a bug" in logged_once
 
 
 async def test_a_batch_the_store_refuses_is_dropped_and_the_worker_goes_on(
@@ -615,3 +625,70 @@ async def test_use_swaps_the_configuration(
     assert scoring.rate("shout") == 1.0
     await scored(scoring, logged(store, [served("b")]))
     assert len(stored(sessions)) == 3
+
+
+# -- in a child process ------------------------------------------------------------------
+
+VERIFIERS_ONLY = parse_scorer_config(
+    "\n".join(
+        line
+        for line in read_scorer_source("demo").splitlines()
+        if "kind: reward" not in line and "head:" not in line
+    )
+)
+
+
+def child(tmp_path: Path) -> ScoringProcess:
+    return ScoringProcess(ChildSettings(tmp_path / "reward", tmp_path / "cache", None, None, 64))
+
+
+async def test_a_child_process_scores_exactly_what_the_thread_scores(
+    tmp_path: Path, metrics: Metrics
+) -> None:
+    results = []
+    for process in (None, child(tmp_path)):
+        db = tmp_path / ("child" if process else "thread")
+        db.mkdir()
+        engine = database.make_engine(database.default_url(db))
+        database.upgrade(engine)
+        sessions = database.session_factory(engine)
+        store = QualityStore(sessions)
+        rollout = new_rollout(sessions)
+        scoring = Scoring(store, metrics, process=process)
+        scoring.use(VERIFIERS_ONLY)
+        await scoring.start()
+        scoring.submit(logged(store, [served("a"), served("b", PLAIN)]))
+        scoring.submit_pairs([pair(sessions, rollout, answer(PLAIN), answer(SHOUTED))], "shout")
+        await scoring.stop()
+        results.append(
+            sorted((k, r.value, r.passed, r.detail) for k, r in stored(sessions).items())
+        )
+    thread, in_child = results
+    assert len(thread) == 2 * 3 + 3 * 3 and in_child == thread
+
+
+async def test_a_child_that_dies_costs_its_batch_and_is_started_again(
+    tmp_path: Path, store: QualityStore, sessions: sessionmaker[Session], metrics: Metrics
+) -> None:
+    process = child(tmp_path)
+    scoring = Scoring(store, metrics, process=process)
+    scoring.use(VERIFIERS_ONLY)
+    await scoring.start()
+    scoring.submit(logged(store, [served("a")]))
+    for _ in range(500):
+        if stored(sessions):
+            break
+        await asyncio.sleep(0.02)
+    [pid] = list(process._pool._processes)  # type: ignore[union-attr]
+    os.kill(pid, signal.SIGKILL)
+    await asyncio.sleep(0.2)
+    scoring.submit(logged(store, [served("b")]))
+    for _ in range(500):
+        if sample(metrics, "gateway_quality_dropped_total", kind="verifier"):
+            break
+        await asyncio.sleep(0.02)
+    scoring.submit(logged(store, [served("c")]))
+    await scoring.stop()
+    scored_ids = {row.response_id for row in stored(sessions).values()}
+    assert sample(metrics, "gateway_quality_dropped_total", kind="verifier") == 1
+    assert scored_ids == {response_id(sessions, "a"), response_id(sessions, "c")}
