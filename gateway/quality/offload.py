@@ -5,8 +5,9 @@ whenever it runs: the event loop then waits up to a switch interval at each of a
 turns. The child (started with `spawn` at the first batch, at nice 19) builds each scorer
 configuration it is sent once, from its text (reward heads loaded there), and evaluates
 batches of (route, scorer, answer, prompt); the gateway's scoring thread only waits for it
-(without the GIL) and stores the scores. A child that dies is started again at the next
-batch; its batch is lost and counted.
+(without the GIL); given the registry's URL, the child stores the scores too, on its own
+connection, so the SQL work is off the gateway's GIL as well. A child that dies is started
+again at the next batch; its batch is lost and counted.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ class ChildSettings:
     model_path: Path | None
     tokenizer_path: Path | None
     max_tokens: int
+    # The registry the scores are stored in (None: the parent stores them).
+    database_url: str | None = None
 
 
 # In the child: its settings, and checkers per configuration (by the text's sha256).
@@ -96,6 +99,19 @@ def evaluate(source: str, asks: Sequence[Ask]) -> list[Answer]:
     return answers
 
 
+def store(scores: Sequence[Any]) -> int:
+    """Store scores with their aggregates (in the child, on its own connection)."""
+    from gateway.registry.database import make_engine, session_factory
+    from gateway.registry.quality import QualityStore
+
+    if "store" not in _child:
+        settings: ChildSettings = _child["settings"]
+        assert settings.database_url is not None
+        _child["store"] = QualityStore(session_factory(make_engine(settings.database_url)))
+    stored: int = _child["store"].add_scores(scores)
+    return stored
+
+
 class ScoringProcess:
     """The child process, started at the first batch and again after it dies."""
 
@@ -103,8 +119,22 @@ class ScoringProcess:
         self._settings = settings
         self._pool: ProcessPoolExecutor | None = None
 
+    @property
+    def stores(self) -> bool:
+        """Whether the child stores the scores itself."""
+        return self._settings.database_url is not None
+
     def evaluate(self, source: str, asks: Sequence[Ask]) -> list[Answer]:
         """Evaluate a batch in the child (blocks the calling thread, not the GIL)."""
+        answers: list[Answer] = self._call(evaluate, source, list(asks))
+        return answers
+
+    def store(self, scores: Sequence[Any]) -> int:
+        """Store scores in the child (its SQL work holds the child's GIL, not ours)."""
+        stored: int = self._call(store, list(scores))
+        return stored
+
+    def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
         if self._pool is None:
             self._pool = ProcessPoolExecutor(
                 1,
@@ -113,7 +143,7 @@ class ScoringProcess:
                 initargs=(self._settings,),
             )
         try:
-            return self._pool.submit(evaluate, source, list(asks)).result()
+            return self._pool.submit(fn, *args).result()
         except BrokenProcessPool:
             self.close()
             raise

@@ -81,6 +81,7 @@ def build_quality(
             routing.model_path,
             routing.tokenizer_path,
             routing.max_tokens,
+            settings.resolved_database_url,
         )
         process = ScoringProcess(child)
     scoring = Scoring(

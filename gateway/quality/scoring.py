@@ -298,7 +298,10 @@ class Scoring:
                     shadow_v, stable_v = next(verdicts), next(verdicts)
                     _pair_scores(job, checker.name, shadow_v, stable_v, scores)
         if scores:
-            self._store.add_scores(scores)
+            if self._process is not None and self._process.stores:
+                self._process.store(scores)
+            else:
+                self._store.add_scores(scores)
             self._count(scores)
 
     def _evaluate(self, asks: list[tuple[Checker, str, str, str, str]]) -> list[Verdict | None]:

@@ -638,18 +638,25 @@ VERIFIERS_ONLY = parse_scorer_config(
 )
 
 
-def child(tmp_path: Path) -> ScoringProcess:
-    return ScoringProcess(ChildSettings(tmp_path / "reward", tmp_path / "cache", None, None, 64))
+def child(tmp_path: Path, database_url: str | None = None) -> ScoringProcess:
+    settings = ChildSettings(tmp_path / "reward", tmp_path / "cache", None, None, 64, database_url)
+    return ScoringProcess(settings)
 
 
 async def test_a_child_process_scores_exactly_what_the_thread_scores(
     tmp_path: Path, metrics: Metrics
 ) -> None:
     results = []
-    for process in (None, child(tmp_path)):
-        db = tmp_path / ("child" if process else "thread")
+    for mode in ("thread", "child evaluates", "child evaluates and stores"):
+        db = tmp_path / mode.replace(" ", "-")
         db.mkdir()
-        engine = database.make_engine(database.default_url(db))
+        url = database.default_url(db)
+        process = {
+            "thread": None,
+            "child evaluates": child(tmp_path),
+            "child evaluates and stores": child(tmp_path, url),
+        }[mode]
+        engine = database.make_engine(url)
         database.upgrade(engine)
         sessions = database.session_factory(engine)
         store = QualityStore(sessions)
@@ -663,8 +670,8 @@ async def test_a_child_process_scores_exactly_what_the_thread_scores(
         results.append(
             sorted((k, r.value, r.passed, r.detail) for k, r in stored(sessions).items())
         )
-    thread, in_child = results
-    assert len(thread) == 2 * 3 + 3 * 3 and in_child == thread
+    thread, in_child, stored_by_child = results
+    assert len(thread) == 2 * 3 + 3 * 3 and in_child == thread and stored_by_child == thread
 
 
 async def test_a_child_that_dies_costs_its_batch_and_is_started_again(
