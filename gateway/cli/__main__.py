@@ -4,4 +4,6 @@ from __future__ import annotations
 
 from gateway.cli import main
 
-main()
+# Guarded, as a main module that a `spawn` child (the quality scorers') may import again.
+if __name__ == "__main__":
+    main()
