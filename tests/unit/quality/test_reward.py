@@ -371,16 +371,16 @@ def test_demo_pairs_refuse_an_unknown_route() -> None:
 
 
 def test_demo_heads_rank_held_out_prompts_with_the_routers_embedder(tmp_path: Path) -> None:
-    from gateway.routing.embedder import ModelMissing, load_embedder
+    from gateway.routing.embedder import load_embedder
 
-    try:
-        embedder = reward_cli._Remembering(load_embedder(DEFAULT_CACHE_DIR))
-    except ModelMissing as exc:
-        pytest.skip(str(exc))
+    # The model comes from the packages (scripts/setup.sh builds its fused export): a
+    # missing one is a failure here, not a reason to skip.
+    embedder = reward_cli._Remembering(load_embedder(DEFAULT_CACHE_DIR))
     for route in demo_routes(demo_data_dir()):
         head, report = train_reward(demo_pairs(demo_data_dir(), route), embedder)
         assert report.heldout_accuracy is not None and report.heldout_accuracy >= 0.8, route
-        assert report.heldout_by_source["other_style"] == 1.0, route
+        # 1.0 on every seed measured; int8 embeddings differ a little from CPU to CPU.
+        assert report.heldout_by_source["other_style"] >= 0.95, route
         head.save(tmp_path / route)
         again = EmbeddingReward.load(tmp_path / route, embedder.inner)
         prompt, answer = "Tell me about snow.", "Snow is frozen water falling from clouds."
