@@ -9,6 +9,7 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 scripts/setup.sh
 scripts/ensure_postgres.sh
 scripts/ensure_prometheus.sh
+scripts/ensure_confseq.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy
