@@ -6,16 +6,24 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
+import socket
 from collections.abc import AsyncIterator
 
 import httpx
 from fastapi import FastAPI
 
+from gateway.analysis.leader import Leadership
+from gateway.analysis.runner import AnalysisRunner
+from gateway.analysis.slos import SloConfigs
 from gateway.api import (
     admin_adapters,
+    admin_analysis,
+    admin_hooks,
     admin_rollouts,
     admin_route_table,
     admin_scorers,
+    admin_slos,
     admin_usage,
     feedback,
     health,
@@ -27,12 +35,14 @@ from gateway.api.middleware import RequestContextMiddleware
 from gateway.api.serving import OpenAIService
 from gateway.catalog import CatalogView, ModelCatalog
 from gateway.config import Settings
+from gateway.hooks.parts import build_hooks
 from gateway.lifecycle import AdapterLifecycle
 from gateway.metrics import Metrics
 from gateway.quality.parts import build_quality
+from gateway.registry.analysis import AnalysisStore
 from gateway.registry.changes import ChangeFeed
 from gateway.registry.database import make_engine, session_factory, upgrade
-from gateway.registry.documents import route_tables
+from gateway.registry.documents import route_tables, slo_configs
 from gateway.registry.rollouts import RolloutStore
 from gateway.registry.store import Registry
 from gateway.registry.validation import BaseModelInfo, ServedBase
@@ -93,8 +103,12 @@ def create_app(
         read_timeout_s=settings.upstream_read_timeout_s,
     )
     supervisor = _engine_supervisor(settings, metrics)
+    # Webhooks on rollout events: the outbox every rollout change and kept verdict writes its
+    # messages into, in its own transaction, and the worker that delivers them (started by
+    # `lifespan`; safe on every replica: claims are leases).
+    hooks = build_hooks(settings, session_factory(database), metrics)
     rollouts = RolloutManager(
-        RolloutStore(session_factory(database)),
+        RolloutStore(session_factory(database), announce=hooks.outbox.enqueue),
         lifecycle,
         catalogs,
         pool,
@@ -105,6 +119,17 @@ def create_app(
     quality = build_quality(settings, session_factory(database), metrics, pool, proxy)
     rollouts.listen_pairs(quality.scoring.submit_pairs)
     rollouts.listen_pairs(quality.judging.submit_pairs)
+    slos = SloConfigs(slo_configs(session_factory(database)), metrics)
+    analysis = AnalysisRunner(
+        AnalysisStore(session_factory(database), announce=hooks.outbox.enqueue),
+        quality.store,
+        rollouts,
+        slos,
+        Leadership(database),
+        metrics,
+        settings.analysis,
+        identity=f"{socket.gethostname()}:{os.getpid()}",
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -123,12 +148,22 @@ def create_app(
         # After the engines are checked: a rollout found running warms its candidate first.
         await rollouts.start()
         await quality.start(settings.quality.scorers)
+        if settings.hooks.enabled:
+            await hooks.start()
+        await slos.start(settings.analysis.slos)
         # Every change to the registry, made here or by another replica, refreshes the parts
         # in this order: the catalogue before the rollouts that name its versions, then
         # versions that may no longer serve are unloaded.
         await changes.start(
-            lifecycle.refresh, router.refresh, rollouts.refresh, quality.scorers.refresh, pool.sweep
+            lifecycle.refresh,
+            router.refresh,
+            rollouts.refresh,
+            quality.scorers.refresh,
+            slos.refresh,
+            pool.sweep,
         )
+        # The leader (one replica of a registry) looks at the active rollouts and acts.
+        await analysis.start()
         # Everything loaded so far lives as long as the process: out of the collector's
         # sight, a full collection (run by whichever thread allocates, the scoring worker's
         # included, holding the GIL throughout) walks only what came after.
@@ -137,6 +172,8 @@ def create_app(
         try:
             yield
         finally:
+            await hooks.stop()
+            await analysis.stop()
             await changes.stop()
             await rollouts.stop()
             await quality.stop()
@@ -170,20 +207,27 @@ def create_app(
     app.state.scoring = quality.scoring
     app.state.judging = quality.judging
     app.state.feedback = quality.feedback
+    app.state.slos = slos
+    app.state.analysis = analysis
     app.state.supervisor = supervisor
     app.state.changes = changes
     install_error_handlers(app)
     app.include_router(openai.router)
     app.include_router(admin_adapters.router)
     app.include_router(admin_route_table.router)
+    app.include_router(admin_analysis.router)
     app.include_router(admin_rollouts.router)
     app.include_router(admin_usage.router)
     app.include_router(admin_scorers.router)
+    app.include_router(admin_slos.router)
     app.include_router(feedback.router)
     app.include_router(health.router)
     # Added first, so it runs inside the request-id middleware (refusals carry the id).
     app.add_middleware(ApiKeyMiddleware, keyring=keyring, metrics=metrics)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.state.outbox = hooks.outbox
+    app.state.hook_delivery = hooks.delivery
+    app.include_router(admin_hooks.router)
     return app
 
 

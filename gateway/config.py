@@ -143,6 +143,43 @@ class QualitySettings(BaseModel):
     gil_switch_interval_s: float = Field(default=0.0002, ge=0.0001, le=0.05)
 
 
+class AnalysisSettings(BaseModel):
+    """Rollout analysis: each route's SLOs, and the analysis of active rollouts."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # The SLO file a registry without one starts with: a YAML file, or `demo` (SLOs for the
+    # demo adapters' routes). None: no SLOs until one is put through `PUT /admin/slos`. Once
+    # the registry holds one, the registry's is used.
+    slos: str | None = None
+    # Whether the analysis runs: the leader analyzes active rollouts and acts on their
+    # verdicts.
+    enabled: bool = True
+    # How often the leader analyzes each active rollout.
+    interval_s: float = Field(default=1.0, gt=0, le=60)
+
+
+class HookSettings(BaseModel):
+    """Webhooks on rollout events: the delivery worker of the outbox (`gateway.hooks`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Whether this process runs the delivery worker (messages are written to the outbox
+    # either way, and a replica with the worker on delivers them).
+    enabled: bool = True
+    # How often the outbox is read for due messages (a new message wakes the worker at once).
+    poll_s: float = Field(default=0.5, gt=0, le=60)
+    # Longest one delivery attempt may take, answer included.
+    attempt_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    # A message not delivered this long after it was written is given up on (`dead`).
+    deadline_s: float = Field(default=86_400.0, gt=0)
+    # The longest wait between two attempts (exponential back-off with full jitter below it).
+    max_backoff_s: float = Field(default=300.0, gt=0)
+    # Attempts in flight at once to one subscriber, and to all of them.
+    per_subscription: int = Field(default=4, ge=1, le=256)
+    max_in_flight: int = Field(default=32, ge=1, le=4096)
+
+
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -218,6 +255,8 @@ class Settings(BaseSettings):
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
     rollout: RolloutSettings = Field(default_factory=RolloutSettings)
     quality: QualitySettings = Field(default_factory=QualitySettings)
+    analysis: AnalysisSettings = Field(default_factory=AnalysisSettings)
+    hooks: HookSettings = Field(default_factory=HookSettings)
 
     # sha256 of the admin key for `/admin` (`lora-gateway keys new` makes one).
     admin_key_sha256: str | None = None

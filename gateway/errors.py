@@ -3,8 +3,10 @@
 GatewayError                      500 internal_error
 ├── InvalidRequest                400 invalid_request_error
 │   ├── BodyTooLarge              413 invalid_request_error / body_too_large
-│   ├── InvalidRouteTable         400 invalid_request_error / invalid_route_table (every problem)
-│   └── InvalidScorerConfig       400 invalid_request_error / invalid_scorer_config (every problem)
+│   └── InvalidDocument           400 invalid_request_error (a whole document: every problem)
+│       ├── InvalidRouteTable     400 invalid_request_error / invalid_route_table
+│       ├── InvalidScorerConfig   400 invalid_request_error / invalid_scorer_config
+│       └── InvalidSloConfig      400 invalid_request_error / invalid_slos
 ├── Unauthorized                  401 invalid_request_error / invalid_api_key
 ├── PermissionDenied              403 permission_error
 ├── RateLimited                   429 rate_limit_error (with Retry-After)
@@ -88,24 +90,40 @@ class RateLimited(GatewayError):
         self.retry_after_s = retry_after_s
 
 
-class InvalidRouteTable(InvalidRequest):
+class InvalidDocument(InvalidRequest):
+    """A document replaced whole that cannot be used, with every problem found; the one in
+    use stays. Subclasses say what the document is and which parameter carried it."""
+
+    what = "document"
+    carried_by = "body"
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__(f"invalid {self.what}: " + "; ".join(problems), param=self.carried_by)
+        self.problems = problems
+
+
+class InvalidRouteTable(InvalidDocument):
     """A route table that cannot serve; the one in use stays."""
 
     code = "invalid_route_table"
-
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("invalid route table: " + "; ".join(problems), param="routes")
-        self.problems = problems
+    what = "route table"
+    carried_by = "routes"
 
 
-class InvalidScorerConfig(InvalidRequest):
+class InvalidScorerConfig(InvalidDocument):
     """A scorer configuration that cannot be used; the one in use stays."""
 
     code = "invalid_scorer_config"
+    what = "scorer config"
+    carried_by = "scorers"
 
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("invalid scorer config: " + "; ".join(problems), param="scorers")
-        self.problems = problems
+
+class InvalidSloConfig(InvalidDocument):
+    """An SLO file that cannot be used; the one in use stays."""
+
+    code = "invalid_slos"
+    what = "SLO file"
+    carried_by = "slos"
 
 
 class ModelNotFound(GatewayError):

@@ -250,3 +250,93 @@ class Metrics:
             ["route", "scorer", "outcome"],
             registry=r,
         )
+        self._analysis(r)
+        self._hooks(r)
+
+    def _analysis(self, r: CollectorRegistry) -> None:
+        self.analysis_verdicts = Counter(
+            "gateway_analysis_verdicts_total",
+            "Rollout verdicts recorded, per route and outcome (pass, fail, wait, inconclusive).",
+            ["route", "outcome"],
+            registry=r,
+        )
+        self.analysis_signals = Counter(
+            "gateway_analysis_signal_verdicts_total",
+            "Signal verdicts recorded, per route, signal and decision (pass, fail, wait).",
+            ["route", "signal", "decision"],
+            registry=r,
+        )
+        self.analysis_actions = Counter(
+            "gateway_analysis_actions_total",
+            "Automatic actions, per route, action (advance, promote, rollback, pause) and "
+            "result (done; dry_run: recorded only; overtaken: an operator moved the rollout "
+            "first; failed).",
+            ["route", "action", "result"],
+            registry=r,
+        )
+        self.analysis_look_seconds = Histogram(
+            "gateway_analysis_look_duration_seconds",
+            "Time one look takes over every active rollout (reads, tests, verdicts, actions).",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.analysis_last_look = Gauge(
+            "gateway_analysis_last_look_timestamp_seconds",
+            "When this replica last looked at the active rollouts (as the leader).",
+            registry=r,
+        )
+        self.analysis_leader = Gauge(
+            "gateway_analysis_leader",
+            "1 while this replica leads the rollout analysis.",
+            registry=r,
+        )
+        self.analysis_alarms = Counter(
+            "gateway_analysis_alarms_total",
+            "Reward-hacking alarms raised, per route.",
+            ["route"],
+            registry=r,
+        )
+        self.analysis_alarm = Gauge(
+            "gateway_analysis_alarm",
+            "1 while a route's rollout has its reward-hacking alarm raised.",
+            ["route"],
+            registry=r,
+        )
+
+    def _hooks(self, r: CollectorRegistry) -> None:
+        self.hook_deliveries = Counter(
+            "gateway_hook_deliveries_total",
+            "Webhook messages finished, per event type and result (delivered, dead: its "
+            "deadline passed undelivered).",
+            ["event", "result"],
+            registry=r,
+        )
+        self.hook_attempts = Counter(
+            "gateway_hook_attempts_total",
+            "Webhook delivery attempts, per result (ok, retry: it failed and is tried again, "
+            "failed: it failed for good).",
+            ["result"],
+            registry=r,
+        )
+        self.hook_attempt_seconds = Histogram(
+            "gateway_hook_attempt_duration_seconds",
+            "Time a webhook delivery attempt took, answered or not.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.hook_delivery_seconds = Histogram(
+            "gateway_hook_delivery_seconds",
+            "Time from a webhook message's creation to its delivery.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.hook_pending = Gauge(
+            "gateway_hook_pending",
+            "Webhook messages waiting for delivery.",
+            registry=r,
+        )
+        self.hook_dead = Gauge(
+            "gateway_hook_dead",
+            "Webhook messages that were never delivered before their deadline.",
+            registry=r,
+        )

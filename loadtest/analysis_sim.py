@@ -14,7 +14,12 @@ any result was seen; the tests' tuning used other rates and effects):
 
 each with the signal as the rollout's only guardrail (alpha 0.05) and as one of the five
 (alpha 0.01). For each: the share of runs that rolled back, and the candidate requests the
-runs had served when they did (p50, p90; `inf` when fewer than that share decided).
+runs had served when they did (p10, p50, p90, max; `inf` when fewer than that share
+decided).
+
+The reward-hacking alarm (reward significantly up while satisfaction is significantly
+down, each at the alarm's alpha 0.05): its false alarms when both are flat (A/A), and how
+often and how fast it fires when reward rises 15% while satisfaction falls 0.70 -> 0.60.
 
     .venv/bin/python -m loadtest.analysis_sim --runs 1000 --json analysis.json
 """
@@ -65,6 +70,18 @@ def _aa(runs: int, seed: int) -> dict[str, Any]:
     }
 
 
+def alarm(runs: int, seed: int, *, hacked: bool) -> sim.Outcome:
+    """Reward up and satisfaction down, each at alpha 0.05, both crossed (sticky)."""
+    horizon = 2000
+    reward = (1.15, 0.5) if hacked else (1.0, 0.5)
+    rating = 0.4 if hacked else 0.3
+    up = sim.means((1.0, 0.5), reward, alpha=ALPHA, runs=runs, horizon=horizon, seed=seed,
+                   higher=True)  # fmt: skip
+    down = sim.pass_fail(0.3, rating, alpha=ALPHA, runs=runs, horizon=horizon, seed=seed + 1)
+    both = up.fired & down.fired
+    return sim.Outcome(both, np.maximum(up.canary_served, down.canary_served))
+
+
 def _scenario(name: str, runs: int, alpha: float, seed: int) -> sim.Outcome:
     if name == "broken verifier 0.9 -> 0.3":
         return sim.pass_fail(0.1, 0.7, alpha=alpha, runs=runs, horizon=200, seed=seed)
@@ -103,19 +120,23 @@ def main(
                     "slo": label,
                     "alpha": alpha,
                     "rolled_back": outcome.rate,
+                    "p10": outcome.quantile(0.1),
                     "p50": outcome.quantile(0.5),
                     "p90": outcome.quantile(0.9),
+                    "max": outcome.quantile(1.0),
                     "aim": f"p{int(q * 100)} <= {aim}, detected >= {detect:.0%}",
                     "met": outcome.quantile(q) <= aim and outcome.rate >= detect,
                 }
             )
     table = Table(title=f"Rollout analysis, {runs} runs per row, 5% canary, checked every request")
-    for column in ("scenario", "SLO", "alpha", "rolled back", "p50", "p90", "aim", "met"):
+    columns = ("scenario", "SLO", "alpha", "rolled back", "p10", "p50", "p90", "max", "aim", "met")
+    for column in columns:
         table.add_column(column)
     for row in rows:
         table.add_row(
             row["scenario"], row["slo"], f"{row['alpha']:.3f}", f"{row['rolled_back']:.1%}",
-            f"{row['p50']:.0f}", f"{row['p90']:.0f}", row["aim"], "yes" if row["met"] else "no",
+            f"{row['p10']:.0f}", f"{row['p50']:.0f}", f"{row['p90']:.0f}", f"{row['max']:.0f}",
+            row["aim"], "yes" if row["met"] else "no",
         )  # fmt: skip
     console.print(table)
     console.print(
@@ -123,9 +144,22 @@ def main(
         f"requests: false rollbacks {aa['false_rollbacks']:.1%} of {runs} runs "
         f"(per signal: " + ", ".join(f"{k} {v:.1%}" for k, v in aa["per_signal"].items()) + ")"
     )
+    flat = alarm(runs, seed + 100, hacked=False)
+    hacked = alarm(runs, seed + 200, hacked=True)
+    alarms = {
+        "false_alarms": flat.rate,
+        "fired": hacked.rate,
+        "p50": hacked.quantile(0.5),
+        "p90": hacked.quantile(0.9),
+    }
+    console.print(
+        f"Reward-hacking alarm: false alarms {flat.rate:.1%} of {runs} flat runs; reward +15% "
+        f"with satisfaction 0.70 -> 0.60: fired in {hacked.rate:.1%}, after p50 "
+        f"{alarms['p50']:.0f} / p90 {alarms['p90']:.0f} candidate requests"
+    )
     console.print(f"{machine_line()}; {time.perf_counter() - started:.0f} s")
     if json_out is not None:
-        write_json(json_out, {"machine": machine(), "aa": aa, "scenarios": rows})
+        write_json(json_out, {"machine": machine(), "aa": aa, "scenarios": rows, "alarm": alarms})
 
 
 if __name__ == "__main__":

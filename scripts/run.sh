@@ -6,10 +6,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # Models come from local packages and files only: never ask a model hub.
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-# `model: "auto"` starts with the demo route table and the quality scorers with the demo
-# verifiers (the registry's once one is put).
+# `model: "auto"` starts with the demo route table, the quality scorers with the demo
+# verifiers and rollout analysis with the demo SLOs (the registry's once one is put).
 export GATEWAY_ROUTING__TABLE=${GATEWAY_ROUTING__TABLE:-demo}
 export GATEWAY_QUALITY__SCORERS=${GATEWAY_QUALITY__SCORERS:-demo}
+export GATEWAY_ANALYSIS__SLOS=${GATEWAY_ANALYSIS__SLOS:-demo}
 scripts/setup.sh
 # The gateway prepares what it serves and says where things are; the demo adapters are the
 # adapter pipeline's to train (both skip what is already there).

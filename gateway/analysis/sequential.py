@@ -36,6 +36,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
 from scipy.optimize import brentq
 from scipy.special import betaln, log_ndtr
 
@@ -44,6 +45,10 @@ N_OPT = 100
 # The alpha each mixture is tuned for (the bounds stay valid at every alpha).
 ALPHA_OPT = 0.05
 _EPS = 1e-12
+# A block with more candidate outcomes than twice this is split into sub-blocks of about
+# this many (at most MAX_SUB_BLOCKS of them).
+SUB_BLOCK = 5
+MAX_SUB_BLOCKS = 64
 
 
 def best_rho(v_opt: float, alpha: float, *, one_sided: bool) -> float:
@@ -130,6 +135,26 @@ class BlockTest:
     stable_bad: int = 0
 
     def update(self, candidate_n: int, candidate_bad: int, stable_n: int, stable_bad: int) -> None:
+        """Take what arrived since the last look in.
+
+        A large block (a first look at a pile of data, a new leader after a gap) is split
+        into sub-blocks in a random order first: under the null the outcomes within it are
+        exchangeable, so any order independent of them is a valid sequence, and the guesses
+        learn along it. The order is seeded by the counts: the same data, the same verdict."""
+        if candidate_n <= 2 * SUB_BLOCK or stable_n == 0:
+            self._block(candidate_n, candidate_bad, stable_n, stable_bad)
+            return
+        parts = min(MAX_SUB_BLOCKS, candidate_n // SUB_BLOCK)
+        seed = (candidate_n, candidate_bad, stable_n, stable_bad, self.candidate_n, self.stable_n)
+        rng = np.random.default_rng(list(seed))
+        c_sizes = _even(candidate_n, parts)
+        s_sizes = _even(stable_n, parts)
+        c_bad = rng.multivariate_hypergeometric(c_sizes, candidate_bad)
+        s_bad = rng.multivariate_hypergeometric(s_sizes, stable_bad)
+        for i in range(parts):
+            self._block(int(c_sizes[i]), int(c_bad[i]), int(s_sizes[i]), int(s_bad[i]))
+
+    def _block(self, candidate_n: int, candidate_bad: int, stable_n: int, stable_bad: int) -> None:
         """Take one block in (a block with one arm empty carries no evidence: absorb it)."""
         if candidate_n > 0 and stable_n > 0:
             self.log_e += block_log_e(
@@ -151,6 +176,13 @@ class BlockTest:
     @classmethod
     def from_dict(cls, raw: dict[str, Any] | None) -> BlockTest:
         return cls(**raw) if raw else cls()
+
+
+def _even(total: int, parts: int) -> np.ndarray:
+    """`total` split into `parts` sizes differing by at most one."""
+    sizes = np.full(parts, total // parts, dtype=np.int64)
+    sizes[: total % parts] += 1
+    return sizes
 
 
 def _guess(bad: int, n: int) -> float:
@@ -196,6 +228,8 @@ class MeanComparison:
     interval: Interval
     # log e-value of "the candidate's mean is below stable's" (one-sided mixture).
     log_e_worse: float
+    # ... and of "above" (the reward-hacking alarm's half).
+    log_e_better: float = 0.0
 
 
 def compare_means(
@@ -214,12 +248,13 @@ def compare_means(
     info = sigma2 / variance  # the effective sample size
     estimate = candidate.mean - stable.mean
     s_worse = -estimate / sigma * info
-    log_e = normal_log_mixture(
-        s_worse, info, best_rho(n_opt, ALPHA_OPT, one_sided=True), one_sided=True
-    )
+    rho = best_rho(n_opt, ALPHA_OPT, one_sided=True)
+    log_e = normal_log_mixture(s_worse, info, rho, one_sided=True)
+    log_better = normal_log_mixture(-s_worse, info, rho, one_sided=True)
     half = normal_mixture_bound(info, alpha, best_rho(n_opt, ALPHA_OPT, one_sided=False))
     width = half * sigma / info
-    return MeanComparison(estimate, Interval(estimate - width, estimate + width), log_e)
+    interval = Interval(estimate - width, estimate + width)
+    return MeanComparison(estimate, interval, log_e, log_better)
 
 
 def mean_cs(arm: Moments, alpha: float, *, n_opt: float = N_OPT, min_sd: float = 1e-9) -> Interval:

@@ -104,9 +104,11 @@ def means(
     horizon: int = 1000,
     min_samples: int = 30,
     seed: int = 0,
+    higher: bool = False,
 ) -> Outcome:
     """Runs of the normal mixture on the difference of means (normal values, (mean, sd)
-    per arm); it fires when the candidate's mean is lower (checked after every request)."""
+    per arm); it fires when the candidate's mean is lower (`higher`: when it is higher),
+    checked after every request."""
     rng = np.random.default_rng(seed)
     threshold = math.log(1 / alpha)
     rho = best_rho(N_OPT, ALPHA_OPT, one_sided=True)
@@ -128,7 +130,8 @@ def means(
         ready = (n[0] >= min_samples) & (n[1] >= min_samples) & ~fired
         if not ready.any():
             continue
-        log_e = _mean_log_e(n, total, total_sq, rho)
+        sign = -1.0 if higher else 1.0
+        log_e = _mean_log_e(n, sign * total, total_sq, rho)
         now = ready & (log_e >= threshold)
         served[now] = n[0][now]
         fired |= now

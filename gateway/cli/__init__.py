@@ -6,11 +6,13 @@ import typer
 
 from gateway.cli import serve
 from gateway.cli.adapters import adapters_app
+from gateway.cli.hooks import hooks_app
 from gateway.cli.keys import keys_app
 from gateway.cli.reward import reward_app
 from gateway.cli.rollouts import rollouts_app
 from gateway.cli.routes import routes_app
 from gateway.cli.scorers import scorers_app
+from gateway.cli.slos import slos_app
 from gateway.cli.usage import usage
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -22,6 +24,8 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(routes_app, name="routes")
 app.add_typer(rollouts_app, name="rollouts")
 app.add_typer(scorers_app, name="scorers")
+app.add_typer(slos_app, name="slos")
+app.add_typer(hooks_app, name="hooks")
 app.add_typer(reward_app, name="reward")
 
 

@@ -34,6 +34,7 @@ from gateway.cli.client import (
     request,
     when,
 )
+from gateway.cli.verdicts import analysis_renderables, history_renderables
 from gateway.rollout.plan import DEFAULT_STEPS
 
 rollouts_app = typer.Typer(
@@ -340,9 +341,26 @@ def start(
 def status(
     route: Route, url: Url = DEFAULT_URL, admin_key: AdminKey = None, as_json: AsJson = False
 ) -> None:
-    """The route's active rollout (else its latest): stage, weight, samples, decisions."""
+    """The route's active rollout (else its latest): stage, weight, samples, decisions, and
+    the analysis's newest verdict, signal by signal."""
     r = request(url, admin_key, "GET", _path(route)).json()
-    emit(r, as_json, *_status(r))
+    analysis = request(url, admin_key, "GET", _path(route, "analysis")).json()
+    emit({**r, "analysis": analysis}, as_json, *_status(r), *analysis_renderables(analysis))
+
+
+@rollouts_app.command()
+def explain(
+    ref: Annotated[str, typer.Argument(help="A rollout id, or a route (its latest rollout).")],
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="How many verdicts.")] = 50,
+    url: Url = DEFAULT_URL,
+    admin_key: AdminKey = None,
+    as_json: AsJson = False,
+) -> None:
+    """The analysis's verdicts of a rollout, oldest first, each signal with its evidence."""
+    found = request(url, admin_key, "GET", _path(ref, "verdicts"), params={"limit": limit})
+    out = found.json()
+    title = f"rollout {out['rollout']} of {out['route']}: {len(out['data'])} verdicts"
+    emit(out, as_json, title, *history_renderables(out["data"]))
 
 
 @rollouts_app.command("list")

@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from rich.console import RenderableType
 from rich.markup import escape
 from rich.table import Table
 
-from gateway.cli.client import DEFAULT_URL, AdminKey, AsJson, Json, Url, emit, fail, request
+from gateway.cli.client import DEFAULT_URL, AdminKey, AsJson, Json, Url
+from gateway.cli.documents import DocumentApi, DryRun, ReasonText, ShowSource
 from gateway.quality.config import read_scorer_source
 
 scorers_app = typer.Typer(no_args_is_help=True, help="Show and replace the quality scorers.")
@@ -34,19 +36,22 @@ def _describe(payload: Json, verb: str) -> str:
     )
 
 
+def _render(payload: Json, verb: str) -> tuple[RenderableType, ...]:
+    return _describe(payload, verb), _table(payload)
+
+
+SCORERS = DocumentApi("/admin/scorers", read_scorer_source, _render)
+
+
 @scorers_app.command()
 def show(
     url: Url = DEFAULT_URL,
     admin_key: AdminKey = None,
     as_json: AsJson = False,
-    source: Annotated[bool, typer.Option("--source", help="Print the YAML.")] = False,
+    source: ShowSource = False,
 ) -> None:
     """Show the scorer configuration in use."""
-    payload = request(url, admin_key, "GET", "/admin/scorers").json()
-    if source and not as_json:
-        typer.echo(payload["source"], nl=False)
-        return
-    emit(payload, as_json, _describe(payload, "in use:"), _table(payload))
+    SCORERS.show(url, admin_key, as_json=as_json, source=source)
 
 
 @scorers_app.command()
@@ -55,22 +60,8 @@ def apply(
     url: Url = DEFAULT_URL,
     admin_key: AdminKey = None,
     as_json: AsJson = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only check it.")] = False,
-    reason: Annotated[str, typer.Option(help="Why; kept in the audit log.")] = "",
+    dry_run: DryRun = False,
+    reason: ReasonText = "",
 ) -> None:
     """Replace the scorer configuration (checked whole first; a bad one changes nothing)."""
-    try:
-        text = read_scorer_source(config)
-    except OSError as exc:
-        fail(f"cannot read {config}: {exc.strerror or exc}")
-    response = request(
-        url,
-        admin_key,
-        "PUT",
-        "/admin/scorers",
-        params={"dry_run": str(dry_run).lower(), "reason": reason},
-        content=text.encode(),
-        content_type="application/yaml",
-    )
-    payload = response.json()
-    emit(payload, as_json, _describe(payload, "checked" if dry_run else "applied"), _table(payload))
+    SCORERS.apply(url, admin_key, config, as_json=as_json, dry_run=dry_run, reason=reason)

@@ -38,18 +38,22 @@ from pathlib import Path
 from typing import Annotated, Any, Final, Literal, get_args
 from urllib.parse import urlsplit
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
     StringConstraints,
-    ValidationError,
     model_validator,
 )
-from pydantic_core import ErrorDetails
 
+from gateway.documents.checking import (
+    RouteName,
+    check_document,
+    read_source,
+    repeated_names,
+    route_lists,
+)
 from gateway.errors import InvalidScorerConfig
 from gateway.quality.verifiers import (
     SCORER_NAME,
@@ -58,13 +62,10 @@ from gateway.quality.verifiers import (
     Verifier,
     VerifierSpecBase,
 )
-from gateway.routing.table import ROUTE_NAME
 
 MAX_ROUTES: Final = 1000
 MAX_SCORERS: Final = 32
 DEFAULT_SAMPLE_RATE: Final = 0.1
-DEMO_SCORERS: Final = "demo"
-_MERGE: Final = "tag:yaml.org,2002:merge"
 
 
 def _web_url(value: str) -> str:
@@ -133,18 +134,6 @@ SCORER_KINDS: Final = tuple(
     str(spec.model_fields["kind"].default)
     for spec in (*get_args(AnyVerifierSpec), JudgeSpec, RewardSpec)
 )
-
-
-def _route_name(name: str) -> str:
-    if not ROUTE_NAME.match(name):
-        raise ValueError(
-            f"{name!r} is not a route name (lower-case letters, digits, '_', '.', '-'; "
-            "at most 63 characters)"
-        )
-    return name
-
-
-RouteName = Annotated[str, AfterValidator(_route_name)]
 
 
 class RouteScorers(BaseModel):
@@ -230,98 +219,31 @@ def _built(
 def parse_scorer_config(source: str) -> ScorerConfig:
     """Parse and check a configuration's text; raise `InvalidScorerConfig` listing every
     problem. An empty document (or one of comments only) configures no scorer."""
-    try:
-        tree = yaml.compose(source, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(source)
-    except yaml.YAMLError as exc:
-        raise InvalidScorerConfig([f"config: not valid YAML: {exc}".replace("\n", " ")]) from exc
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise InvalidScorerConfig(["config: must be a mapping (sample_rate, routes)"])
-    # Pydantic checks a route's scorer names only once every scorer of the route is right:
-    # they are read off the raw data so that a duplicate shows beside the other problems.
-    problems = [*_repeated_keys(tree), *_duplicate_names(data)]
-    try:
-        spec = ScorerConfigSpec.model_validate(data)
-    except ValidationError as exc:
-        raise InvalidScorerConfig([*map(_describe, exc.errors()), *problems]) from exc
-    if problems:
-        raise InvalidScorerConfig(problems)
+    spec = check_document(
+        source,
+        ScorerConfigSpec,
+        error=InvalidScorerConfig,
+        fields="sample_rate, routes",
+        checks=_duplicate_names,
+        kinds=SCORER_KINDS,
+    )
     return ScorerConfig.from_spec(spec, source)
 
 
-def _repeated_keys(node: Any, where: str = "", seen: set[int] | None = None) -> Iterator[str]:
-    # YAML keeps the last of a key written twice quietly: a route written twice would lose
-    # its first scorers. Read off the composed nodes, where both are still there.
-    seen = set() if seen is None else seen
-    if id(node) in seen:  # an alias of a node already read
-        return
-    seen.add(id(node))
-    if isinstance(node, yaml.SequenceNode):
-        for index, item in enumerate(node.value):
-            yield from _repeated_keys(item, f"{where}[{index}]", seen)
-    elif isinstance(node, yaml.MappingNode):
-        keys: set[tuple[str, str]] = set()
-        for key, value in node.value:
-            if not isinstance(key, yaml.ScalarNode) or key.tag == _MERGE:
-                continue
-            if (key.tag, key.value) in keys:
-                line = key.start_mark.line + 1
-                yield f"{where or 'config'}: {key.value!r} is written twice (again on line {line})"
-            keys.add((key.tag, key.value))
-            yield from _repeated_keys(value, f"{where}.{key.value}" if where else key.value, seen)
-
-
 def _duplicate_names(data: dict[str, Any]) -> Iterator[str]:
-    routes = data.get("routes")
-    for route, entry in routes.items() if isinstance(routes, dict) else ():
-        scorers = entry.get("scorers") if isinstance(entry, dict) else None
-        first: dict[str, int] = {}
-        for index, scorer in enumerate(scorers if isinstance(scorers, list) else ()):
-            name = (scorer.get("name") or scorer.get("kind")) if isinstance(scorer, dict) else None
-            if not isinstance(name, str):
-                continue
-            if name in first:
-                yield (
-                    f"routes.{route}.scorers[{index}].name: {name!r} is scorers[{first[name]}]'s "
-                    "name too (names are unique within a route: set `name`)"
-                )
-            else:
-                first[name] = index
+    # Pydantic checks a route's scorer names only once every scorer of the route is right:
+    # they are read off the raw data so that a duplicate shows beside the other problems.
+    return repeated_names(
+        route_lists(data, "scorers"),
+        _scorer_name,
+        field="name",
+        hint="names are unique within a route: set `name`",
+    )
 
 
-def _where(loc: tuple[int | str, ...]) -> str:
-    where = ""
-    for index, part in enumerate(loc):
-        key = loc[index + 1 : index + 2] == ("[key]",)
-        if isinstance(part, int) and not key:
-            where += f"[{part}]"
-        # A dict key's own error and the discriminated union's tag add no place.
-        elif part == "[key]" or (
-            index and isinstance(loc[index - 1], int) and part in SCORER_KINDS
-        ):
-            continue
-        else:
-            where += f".{part}" if where else str(part)
-    return where or "config"
-
-
-_NOT_A_MAPPING = ("model_type", "model_attributes_type", "dict_type")
-
-
-def _describe(error: ErrorDetails) -> str:
-    ctx = error.get("ctx", {})
-    kinds = ", ".join(SCORER_KINDS)
-    messages = {
-        "value_error": str(ctx.get("error")),
-        "union_tag_invalid": f"unknown kind {ctx.get('tag')!r} (kinds: {kinds})",
-        "union_tag_not_found": f"kind is missing (kinds: {kinds})",
-        "extra_forbidden": "unknown field",
-        "list_type": "must be a list",
-        **dict.fromkeys(_NOT_A_MAPPING, "must be a mapping"),
-    }
-    return f"{_where(error['loc'])}: {messages.get(error['type'], error['msg'])}"
+def _scorer_name(scorer: Any) -> str | None:
+    name = (scorer.get("name") or scorer.get("kind")) if isinstance(scorer, dict) else None
+    return name if isinstance(name, str) else None
 
 
 def demo_scorers_path() -> Path:
@@ -331,5 +253,4 @@ def demo_scorers_path() -> Path:
 
 def read_scorer_source(where: str | Path) -> str:
     """A configuration's text from a path, or the demo configuration for `demo`."""
-    path = demo_scorers_path() if str(where) == DEMO_SCORERS else Path(where)
-    return path.read_text(encoding="utf-8")
+    return read_source(where, demo_scorers_path())

@@ -1,5 +1,6 @@
-"""Documents the registry keeps whole, like route tables and scorer configurations: one row
-per replacement (the newest is in use), each replacement and each refusal an audit event."""
+"""Documents the registry keeps whole, like route tables, scorer configurations and SLO files:
+one row per replacement (the newest is in use), each replacement and each refusal an audit
+event."""
 
 from __future__ import annotations
 
@@ -8,13 +9,19 @@ from typing import Any, Generic, TypeVar
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from gateway.registry.schema import AuditEvent, RouteTableRow, ScorerConfigRow, WholeDocumentRow
+from gateway.registry.schema import (
+    AuditEvent,
+    RouteTableRow,
+    ScorerConfigRow,
+    SloConfigRow,
+    WholeDocumentRow,
+)
 
 Row = TypeVar("Row", bound=WholeDocumentRow)
 
 
 class WholeDocuments(Generic[Row]):
-    """The versions of one kind of document: `routes` (route tables) or `scorers`."""
+    """The versions of one kind of document: `routes` (route tables), `scorers` or `slos`."""
 
     def __init__(
         self, sessions: sessionmaker[Session], model: type[Row], kind: str, id_key: str
@@ -69,3 +76,8 @@ def route_tables(sessions: sessionmaker[Session]) -> WholeDocuments[RouteTableRo
 def scorer_configs(sessions: sessionmaker[Session]) -> WholeDocuments[ScorerConfigRow]:
     """The quality scorers' configurations."""
     return WholeDocuments(sessions, ScorerConfigRow, "scorers", "config")
+
+
+def slo_configs(sessions: sessionmaker[Session]) -> WholeDocuments[SloConfigRow]:
+    """The per-route SLO files of rollout analysis."""
+    return WholeDocuments(sessions, SloConfigRow, "slos", "file")

@@ -26,6 +26,7 @@ from gateway.registry.schema import (
     RolloutSampleRow,
     RolloutStage,
     ShadowPairRow,
+    VerdictRow,
 )
 from gateway.registry.store import SERVABLE
 
@@ -64,13 +65,27 @@ class NewRollout:
 
 
 Decider = Callable[[RolloutRow, Samples, datetime], Change]
+# Writes an event for webhook subscribers into the caller's open transaction (the outbox).
+Announce = Callable[[Session, str, dict[str, Any]], object]
+# The webhook event of each rollout action.
+EVENTS = {
+    "start": "rollout.started",
+    "advance": "rollout.step_advanced",
+    "promote": "rollout.promoted",
+    "rollback": "rollout.rolled_back",
+    "pause": "rollout.paused",
+    "resume": "rollout.resumed",
+    "abort": "rollout.aborted",
+    "alarm": "rollout.alarm",
+}
 
 
 class RolloutStore:
     """Rollouts, their sample counts and shadow pairs in the registry's database."""
 
-    def __init__(self, sessions: sessionmaker[Session]) -> None:
+    def __init__(self, sessions: sessionmaker[Session], announce: Announce | None = None) -> None:
         self._sessions = sessions
+        self._announce = announce
 
     def create(self, new: NewRollout, *, actor: str, reason: str = "") -> RolloutRow:
         """Start a rollout in shadow; Conflict when the route has an active one."""
@@ -99,13 +114,13 @@ class RolloutStore:
                 )
                 session.add(row)
                 session.flush()
-                session.add(
-                    _event(row, "rollout:start", actor, reason, {
-                        "stable": new.stable_version,
-                        "candidate": new.candidate_version,
-                        "plan": new.plan,
-                    })
-                )  # fmt: skip
+                detail = {
+                    "stable": new.stable_version,
+                    "candidate": new.candidate_version,
+                    "plan": new.plan,
+                }
+                session.add(_event(row, "rollout:start", actor, reason, detail))
+                self._tell(session, row, "start", actor, reason, detail)
                 return row
         except IntegrityError as exc:
             raise Conflict(
@@ -140,7 +155,36 @@ class RolloutStore:
             after = {"stage": row.stage.value, "step": row.step, "weight": row.weight}
             detail = {"from": before, "to": after, "paused": row.paused, **change.detail}
             session.add(_event(row, f"rollout:{action}", actor, reason, detail))
+            self._tell(session, row, action, actor, reason, detail)
             return row
+
+    def note(
+        self, rollout_id: int, action: str, *, actor: str, reason: str, detail: dict[str, Any]
+    ) -> None:
+        """Record something about a rollout that changes nothing in it (an alarm): an audit
+        event and its webhook, in one transaction."""
+        with self._sessions.begin() as session:
+            row = session.get(RolloutRow, rollout_id)
+            if row is None:
+                raise GatewayError(f"rollout {rollout_id} vanished")
+            session.add(_event(row, f"rollout:{action}", actor, reason, detail))
+            self._tell(session, row, action, actor, reason, detail)
+
+    def _tell(
+        self,
+        session: Session,
+        row: RolloutRow,
+        action: str,
+        actor: str,
+        reason: str,
+        detail: dict[str, Any],
+    ) -> None:
+        """The action's webhook, written in the transaction that makes the change."""
+        event = EVENTS.get(action)
+        if self._announce is None or event is None:
+            return
+        session.flush()
+        self._announce(session, event, event_data(session, row, actor, reason, detail))
 
     @staticmethod
     def _end(session: Session, row: RolloutRow, stage: RolloutStage) -> None:
@@ -282,6 +326,60 @@ class RolloutStore:
             )
             mine = [e for e in session.scalars(query) if e.detail.get("rollout") == row.id]
             return list(reversed(mine[:limit]))
+
+
+def event_data(
+    session: Session, row: RolloutRow, actor: str, reason: str, detail: dict[str, Any]
+) -> dict[str, Any]:
+    """What a rollout webhook tells: the rollout, both versions with their lineage (the
+    pipeline's manifest), who did what and why, and the verdict behind it."""
+    versions: dict[str, Any] = {}
+    adapter = session.scalar(select(Adapter).where(Adapter.name == row.route))
+    for role, number in (("stable", row.stable_version), ("candidate", row.candidate_version)):
+        version = None
+        if adapter is not None:
+            version = session.scalar(
+                select(AdapterVersionRow).where(
+                    AdapterVersionRow.adapter_id == adapter.id,
+                    AdapterVersionRow.version == number,
+                )
+            )
+        versions[role] = {
+            "name": row.route,
+            "version": number,
+            "sha256": version.sha256 if version is not None else None,
+            "base_model": version.base_model if version is not None else None,
+            "lineage": version.manifest if version is not None else {},
+        }
+    verdict = None
+    verdict_id = detail.get("verdict")
+    if isinstance(verdict_id, int):
+        found = session.get(VerdictRow, verdict_id)
+        if found is not None:
+            verdict = {
+                "id": found.id,
+                "outcome": found.outcome,
+                "reason": found.reason,
+                "stage": found.stage,
+                "step": found.step,
+                "signals": found.signals,
+            }
+    return {
+        "rollout": {
+            "id": row.id,
+            "route": row.route,
+            "stage": row.stage.value,
+            "step": row.step,
+            "weight": row.weight,
+            "paused": row.paused,
+            "plan": row.plan,
+        },
+        "versions": versions,
+        "actor": actor,
+        "reason": reason,
+        "detail": detail,
+        "verdict": verdict,
+    }
 
 
 def _servable(session: Session, adapter: Adapter, version: int) -> AdapterVersionRow:

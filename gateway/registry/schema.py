@@ -13,6 +13,9 @@ newest is in use); every answered request is a `ResponseRow` (its text only when
 users' ratings are `FeedbackRow`s and scorers' results `ScoreRow`s. Both feed per-rollout,
 per-variant running sums (`SignalAggregateRow`) and a bounded sample of raw values
 (`SignalReservoirRow`), updated in the transaction that stores the rating or the score.
+
+Rollout analysis: each route's SLOs are kept whole like route tables (`SloConfigRow`, the
+newest is in use).
 """
 
 from __future__ import annotations
@@ -222,6 +225,10 @@ class ScorerConfigRow(WholeDocumentRow, Base):
     __tablename__ = "scorer_configs"
 
 
+class SloConfigRow(WholeDocumentRow, Base):
+    __tablename__ = "slo_configs"
+
+
 class ResponseRow(Base):
     __tablename__ = "responses"
     # Request ids may come from clients: they are unique per tenant, and a tenant only ever
@@ -322,3 +329,91 @@ class SignalReservoirRow(Base):
     item: Mapped[str] = mapped_column(String(160))
     rank: Mapped[int] = mapped_column(BigInteger)
     value: Mapped[float]
+
+
+class RolloutAnalysisRow(Base):
+    __tablename__ = "rollout_analysis"
+
+    rollout_id: Mapped[int] = mapped_column(
+        ForeignKey("rollouts.id", ondelete="CASCADE"), primary_key=True
+    )
+    # The sequential tests' running state and the baselines they compare from: a new
+    # leader resumes from here.
+    state: Mapped[dict[str, Any]] = mapped_column(JSON)
+    looks: Mapped[int] = mapped_column(default=0)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class VerdictRow(Base):
+    __tablename__ = "rollout_verdicts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    rollout_id: Mapped[int] = mapped_column(
+        ForeignKey("rollouts.id", ondelete="CASCADE"), index=True
+    )
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    stage: Mapped[str] = mapped_column(String(16))
+    step: Mapped[int]
+    # pass, fail, wait or inconclusive.
+    outcome: Mapped[str] = mapped_column(String(16))
+    # What the verdict asks for (advance, promote, rollback, pause or none) and whether it
+    # was done (not in a dry run, not overtaken by an operator).
+    action: Mapped[str] = mapped_column(String(16))
+    acted: Mapped[bool] = mapped_column(default=False)
+    dry_run: Mapped[bool] = mapped_column(default=False)
+    reason: Mapped[str] = mapped_column(String(1024))
+    # Per signal: sample sizes, estimates, interval, margin, threshold, decision and why.
+    signals: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    leader: Mapped[str] = mapped_column(String(128))
+
+
+class HookSubscriptionRow(Base):
+    __tablename__ = "hook_subscriptions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    url: Mapped[str] = mapped_column(String(2048))
+    # The signing secret (`whsec_` + base64), never shown after creation.
+    secret: Mapped[str] = mapped_column(String(256))
+    # Event types delivered (empty: every one).
+    events: Mapped[list[str]] = mapped_column(JSON)
+    description: Mapped[str] = mapped_column(String(1024), default="")
+    active: Mapped[bool] = mapped_column(default=True)
+    created_by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class HookMessageRow(Base):
+    __tablename__ = "hook_outbox"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    subscription_id: Mapped[int] = mapped_column(
+        ForeignKey("hook_subscriptions.id", ondelete="CASCADE"), index=True
+    )
+    # `webhook-id`: the same on every attempt, so receivers drop duplicates.
+    message_id: Mapped[str] = mapped_column(String(64), unique=True)
+    event: Mapped[str] = mapped_column(String(64))
+    # The body exactly as signed and sent.
+    body: Mapped[str] = mapped_column(Text)
+    # pending, delivered or dead.
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    attempts: Mapped[int] = mapped_column(default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    deadline_at: Mapped[datetime]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(nullable=True, default=None)
+    last_status: Mapped[int | None] = mapped_column(nullable=True, default=None)
+    last_error: Mapped[str | None] = mapped_column(String(512), nullable=True, default=None)
+
+
+class HookAttemptRow(Base):
+    __tablename__ = "hook_attempts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    message_id: Mapped[int] = mapped_column(
+        ForeignKey("hook_outbox.id", ondelete="CASCADE"), index=True
+    )
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The receiver's HTTP status (None: no answer) and how long the attempt took.
+    status: Mapped[int | None]
+    latency_ms: Mapped[float]
+    error: Mapped[str | None] = mapped_column(String(512), nullable=True)

@@ -15,23 +15,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import random
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from gateway.background.tasks import cancel_and_wait
 from gateway.catalog import CatalogView, Target, engine_name
 from gateway.config import RolloutSettings
-from gateway.errors import Conflict, GatewayError, RolloutNotFound, UpstreamError
+from gateway.errors import Conflict, RolloutNotFound
 from gateway.lifecycle import AdapterLifecycle, VersionView
 from gateway.metrics import Metrics
 from gateway.registry.changes import LocalChanges
-from gateway.registry.rollouts import SHADOW_STEP, NewRollout, RolloutStore, Samples
+from gateway.registry.rollouts import SHADOW_STEP, Change, NewRollout, RolloutStore, Samples
 from gateway.registry.schema import (
     AuditEvent,
     RolloutRow,
@@ -44,11 +43,14 @@ from gateway.rollout.assign import Variant, subject_of
 from gateway.rollout.machine import Command, decide, gate
 from gateway.rollout.plan import RolloutPlan, parse_plan
 from gateway.rollout.shadow import PairHalf, ShadowJob, ShadowRunner
+from gateway.rollout.warmup import CandidateWarmer
 from gateway.upstream.pool import UpstreamPool
 from gateway.upstream.proxy import EngineProxy
 
 log = logging.getLogger(__name__)
 STAGES = tuple(RolloutStage)
+# (rollout id, stage, step, paused) a command was decided on.
+Expected = tuple[int, RolloutStage, int, bool]
 # Told of the shadow pairs of a route just stored (the quality scorers).
 PairListener = Callable[[list[ShadowPairRow], str], None]
 
@@ -135,8 +137,7 @@ class RolloutManager:
         # This replica's own commands taken into the live view: a refresh that read before
         # one reads again.
         self._local = LocalChanges()
-        self._warm: set[int] = set()
-        self._warming: dict[int, asyncio.Task[None]] = {}
+        self._warmer = CandidateWarmer(pool, proxy, settings)
         self._pending: Counter[tuple[int, int, str]] = Counter()
         self._locks: dict[str, asyncio.Lock] = {}
         self._task: asyncio.Task[None] | None = None
@@ -155,8 +156,7 @@ class RolloutManager:
         """Stop the loop, cancel shadow copies still running and write what is pending."""
         await cancel_and_wait(self._task)
         self._task = None
-        for task in self._warming.values():
-            task.cancel()
+        self._warmer.stop()
         await self.shadow.close()
         with contextlib.suppress(Exception):
             await self.flush()
@@ -172,7 +172,7 @@ class RolloutManager:
             self._show(route, latest.stage if latest else None, 0.0)
         for rollout in live.values():
             self._show(rollout.route, rollout.stage, rollout.weight)
-        self._warm_missing()
+        self._warmer.warm_missing(self._live.values())
 
     def _install(self, row: RolloutRow) -> None:
         """Take one rollout's new state into the live view (this replica's own command)."""
@@ -195,7 +195,7 @@ class RolloutManager:
             await asyncio.sleep(self._settings.flush_s)
             try:
                 await self.flush()
-                self._warm_missing()
+                self._warmer.warm_missing(self._live.values())
             except Exception:
                 log.exception("rollout bookkeeping failed; it is tried again at the next tick")
 
@@ -257,7 +257,7 @@ class RolloutManager:
     ) -> Assignment | None:
         """The variant of a request that named a route (not `name@N`), if it is under rollout."""
         rollout = self._live.get(target.route)
-        if rollout is None or rollout.id not in self._warm:
+        if rollout is None or not self._warmer.is_warm(rollout.id):
             return None
         adapter = target.adapter
         if adapter is None or adapter.version != rollout.stable_version:
@@ -288,7 +288,7 @@ class RolloutManager:
 
     def warm_here(self, rollout_id: int) -> bool:
         """Whether this gateway replica has warmed the rollout's candidate up."""
-        return rollout_id in self._warm
+        return self._warmer.is_warm(rollout_id)
 
     def send_shadow(self, job: ShadowJob) -> PairHalf | None:
         """Start the shadow copy of a request whose primary was dispatched (None: dropped)."""
@@ -329,7 +329,7 @@ class RolloutManager:
             why = f"rollout of {route}@{version}"
             await self._lifecycle.load(route, version, pin=True, actor=actor, reason=why)
             try:
-                await self._warm_up(engine_name(route, version), f"warmup-{route}-{version}")
+                await self._warmer.warm_up(engine_name(route, version), f"warmup-{route}-{version}")
                 created = await asyncio.to_thread(
                     self._store.create,
                     NewRollout(route, stable.version, version, plan.model_dump(), pinned_here),
@@ -342,27 +342,48 @@ class RolloutManager:
                         route, version, False, actor=actor, reason="the rollout did not start"
                     )
                 raise
-            self._warm.add(created.id)
+            self._warmer.mark_warm(created.id)
             self._install(created)
         return await self.status(route)
 
     async def command(
-        self, route: str, command: Command, *, actor: str, reason: str, force: bool = False
+        self,
+        route: str,
+        command: Command,
+        *,
+        actor: str,
+        reason: str,
+        force: bool = False,
+        expect: Expected | None = None,
+        detail: Mapping[str, Any] | None = None,
     ) -> RolloutStatus:
-        """Apply an operator's command to the route's active rollout."""
+        """Apply an operator's (or the analysis's) command to the route's active rollout.
+
+        `expect`: the rollout, stage, step and pause the caller decided on; when the rollout
+        moved since (an operator came first), the command is refused (409 `rollout_moved`).
+        `detail` joins the audit event (the verdict behind an automatic action)."""
         async with self._lock(route):
             current = await self._active_in_registry(route)
             if current is None:
                 raise RolloutNotFound(f"route {route!r} has no active rollout", param="route")
             await self.flush()
             plan = RolloutPlan.model_validate(current.plan)
+
+            def decider(r: RolloutRow, samples: Samples, now: datetime) -> Change:
+                if expect is not None and expect != (r.id, r.stage, r.step, r.paused):
+                    held = " (paused)" if r.paused else ""
+                    raise Conflict(
+                        f"rollout {r.id} of {route} moved to {r.stage.value} step {r.step}"
+                        f"{held} since the decision",
+                        code="rollout_moved",
+                    )
+                change = decide(r, command, plan, samples, now, force=force)
+                if detail:
+                    change = replace(change, detail={**change.detail, **detail})
+                return change
+
             row = await asyncio.to_thread(
-                self._store.apply,
-                current.id,
-                command.value,
-                lambda r, samples, now: decide(r, command, plan, samples, now, force=force),
-                actor=actor,
-                reason=reason,
+                self._store.apply, current.id, command.value, decider, actor=actor, reason=reason
             )
             if row.stage == RolloutStage.PROMOTED:
                 # The stable pointer moved: the name serves the candidate before the rollout
@@ -398,6 +419,31 @@ class RolloutManager:
             plan = RolloutPlan.model_validate(row.plan)
             missing = gate(row, plan, samples, datetime.now(UTC))
         return RolloutStatus(row, samples, missing, events, self.warm_here(row.id))
+
+    async def active_rows(self) -> Sequence[RolloutRow]:
+        """Every active rollout, read from the registry now."""
+        return await asyncio.to_thread(self._store.active)
+
+    async def note(
+        self, rollout_id: int, action: str, *, actor: str, reason: str, detail: dict[str, Any]
+    ) -> None:
+        """Record something about a rollout that changes nothing in it (an alarm)."""
+        await asyncio.to_thread(
+            self._store.note, rollout_id, action, actor=actor, reason=reason, detail=detail
+        )
+
+    async def samples(self, rollout_id: int) -> Samples:
+        """A rollout's request counts per (step, variant), pending ones written first."""
+        with contextlib.suppress(Exception):
+            await self.flush()
+        return await asyncio.to_thread(self._store.samples, rollout_id)
+
+    async def get(self, rollout_id: int) -> RolloutRow:
+        """One rollout by id."""
+        row = await asyncio.to_thread(self._store.get, rollout_id)
+        if row is None:
+            raise RolloutNotFound(f"no rollout {rollout_id}", param="rollout")
+        return row
 
     async def recent(self, limit: int) -> list[RolloutStatus]:
         """The newest rollouts, active or ended, newest first, with their sample counts."""
@@ -440,44 +486,3 @@ class RolloutManager:
         if rollout and version in (rollout.stable_version, rollout.candidate_version):
             return rollout.id
         return None
-
-    async def _warm_up(self, engine_name: str, request_id: str) -> None:
-        """Load the version into every healthy replica and check one request succeeds there."""
-        replicas = await self._pool.load_everywhere(engine_name)
-        body = json.dumps(
-            {
-                "model": engine_name,
-                "prompt": self._settings.warmup_prompt,
-                "max_tokens": self._settings.warmup_max_tokens,
-            }
-        ).encode()
-        for replica in self._pool.healthy_replicas():
-            if replica.url not in replicas:
-                continue
-            reply = await self._proxy.send(replica, "/v1/completions", body, request_id, False)
-            if reply.status != 200:
-                raise UpstreamError(
-                    f"the warm-up request to {engine_name} on {replica.url} failed with "
-                    f"{reply.status}: {reply.body[:300].decode('utf-8', 'replace')}",
-                    code="warmup_failed",
-                )
-
-    def _warm_missing(self) -> None:
-        """Warm up here the candidates of rollouts another gateway replica started."""
-        for rollout in self._live.values():
-            if rollout.id in self._warm or rollout.id in self._warming:
-                continue
-            self._warming[rollout.id] = asyncio.create_task(
-                self._warm_remote(rollout), name=f"warm-rollout-{rollout.id}"
-            )
-
-    async def _warm_remote(self, rollout: LiveRollout) -> None:
-        name = engine_name(rollout.route, rollout.candidate_version)
-        try:
-            await self._warm_up(name, f"warmup-{rollout.id}")
-            self._warm.add(rollout.id)
-            log.info("rollout %s: %s warmed up here", rollout.id, name)
-        except GatewayError as exc:
-            log.warning("rollout %s: %s did not warm up here: %s", rollout.id, name, exc.message)
-        finally:
-            self._warming.pop(rollout.id, None)

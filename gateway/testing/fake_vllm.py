@@ -33,6 +33,10 @@ class FakeEngineState:
     status: int = 200
     # The text of every whole (not streamed) answer.
     answer: str = "Hello from the fake engine."
+    # Whole answers per served model name (`pirate--v2`), over `answer`.
+    answers: dict[str, str] = field(default_factory=dict)
+    # Status per served model name, over `status` (a candidate that fails).
+    statuses: dict[str, int] = field(default_factory=dict)
     received: list[dict[str, Any]] = field(default_factory=list)
     received_headers: list[dict[str, str]] = field(default_factory=list)
     keep_records: bool = True
@@ -98,8 +102,9 @@ def create_fake_vllm(state: FakeEngineState | None = None) -> Starlette:
         if payload.get("model") not in _served(state):
             message = f"The model `{payload.get('model')}` does not exist."
             return JSONResponse(_error(message, 404), status_code=404)
-        if state.status != 200:
-            return JSONResponse(_error("fake engine failure", state.status), state.status)
+        status = state.statuses.get(str(payload.get("model")), state.status)
+        if status != 200:
+            return JSONResponse(_error("fake engine failure", status), status)
         if state.delay_s:
             await asyncio.sleep(state.delay_s)
         chat = request.url.path.endswith("/chat/completions")
@@ -112,7 +117,8 @@ def create_fake_vllm(state: FakeEngineState | None = None) -> Starlette:
                 _stream(state, payload["model"], chat, answer_id, usage),
                 media_type="text/event-stream",
             )
-        body = _completion(payload["model"], chat, state.answer)
+        text = state.answers.get(payload["model"], state.answer)
+        body = _completion(payload["model"], chat, text)
         return JSONResponse({**body, "id": answer_id})
 
     routes = [

@@ -1,0 +1,1 @@
+"""Rollout analysis: SLOs, sequential statistics, verdicts and the actions they take."""

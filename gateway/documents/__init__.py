@@ -1,0 +1,1 @@
+"""Documents kept whole (scorer configurations, SLO files): checked at once, held and followed."""
