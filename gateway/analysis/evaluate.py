@@ -150,11 +150,12 @@ def evaluate_rate(
     n_c, good_c = _rate(arms.candidate)
     n_s, good_s = _rate(arms.stable)
     bad_c, bad_s = arms.candidate.fails, arms.stable.fails
-    # The block since the last look; counts that went down (a reset) start a new test.
-    if n_c < test.candidate_n or n_s < test.stable_n:
+    # What arrived since the last look; counts that went down (a reset) start a new test.
+    seen_c, seen_c_bad, seen_s, seen_s_bad = test.seen
+    if n_c < seen_c or n_s < seen_s:
         test = BlockTest()
-    test.update(n_c - test.candidate_n, bad_c - test.candidate_bad,
-                n_s - test.stable_n, bad_s - test.stable_bad)  # fmt: skip
+        seen_c = seen_c_bad = seen_s = seen_s_bad = 0
+    test.update(n_c - seen_c, bad_c - seen_c_bad, n_s - seen_s, bad_s - seen_s_bad)
 
     def natural(good: float | None) -> float | None:
         return None if good is None else (good if higher else 1 - good)

@@ -87,6 +87,7 @@ class AnalysisRunner:
         self._settings = settings
         self.identity = identity
         self._task: asyncio.Task[None] | None = None
+        self._alarmed: set[str] = set()
 
     async def start(self) -> None:
         """Start looking (when enabled)."""
@@ -121,7 +122,12 @@ class AnalysisRunner:
         """Look at every active rollout whose route has SLOs (the leader's tick)."""
         started = time.perf_counter()
         results = []
-        for row in await self._rollouts.active_rows():
+        rows = await self._rollouts.active_rows()
+        # An ended rollout's alarm is over.
+        for route in self._alarmed - {row.route for row in rows}:
+            self._metrics.analysis_alarm.labels(route).set(0)
+            self._alarmed.discard(route)
+        for row in rows:
             slo = self._slos.for_route(row.route)
             if slo is None:
                 continue
@@ -189,6 +195,8 @@ class AnalysisRunner:
         """Raise the reward-hacking alarm once per rollout: an audit event with its webhook,
         the metric, and a pause when the SLO asks for one."""
         self._metrics.analysis_alarm.labels(row.route).set(1 if verdict.alarm else 0)
+        if verdict.alarm is not None:
+            self._alarmed.add(row.route)
         if verdict.alarm is None or state.get("alarm_raised"):
             return
         state["alarm_raised"] = True

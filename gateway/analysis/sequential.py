@@ -125,7 +125,12 @@ def bernoulli_cs(
 @dataclass
 class BlockTest:
     """The exact 2x2 e-process for "the candidate's outcomes are bad more often than
-    stable's", fed with blocks of counts; its state is stored with each verdict."""
+    stable's", fed with what each look saw; its state is stored with each verdict.
+
+    A block needs outcomes of both arms (one arm alone says nothing about the other): what
+    a look saw of one arm only waits, pending, until the other arm has something too. When
+    a block closes depends only on how many outcomes each arm had, never on what they were,
+    so the sequence stays valid."""
 
     log_e: float = 0.0
     # What earlier blocks held: the guesses of the next block come from these only.
@@ -133,29 +138,54 @@ class BlockTest:
     candidate_bad: int = 0
     stable_n: int = 0
     stable_bad: int = 0
+    # Seen, not in a block yet.
+    pending_candidate_n: int = 0
+    pending_candidate_bad: int = 0
+    pending_stable_n: int = 0
+    pending_stable_bad: int = 0
+
+    @property
+    def seen(self) -> tuple[int, int, int, int]:
+        """Everything taken in: (candidate n, candidate bad, stable n, stable bad)."""
+        return (
+            self.candidate_n + self.pending_candidate_n,
+            self.candidate_bad + self.pending_candidate_bad,
+            self.stable_n + self.pending_stable_n,
+            self.stable_bad + self.pending_stable_bad,
+        )
 
     def update(self, candidate_n: int, candidate_bad: int, stable_n: int, stable_bad: int) -> None:
-        """Take what arrived since the last look in.
+        """Take what arrived since the last look in; close a block once both arms have some.
 
         A large block (a first look at a pile of data, a new leader after a gap) is split
         into sub-blocks in a random order first: under the null the outcomes within it are
         exchangeable, so any order independent of them is a valid sequence, and the guesses
         learn along it. The order is seeded by the counts: the same data, the same verdict."""
-        if candidate_n <= 2 * SUB_BLOCK or stable_n == 0:
-            self._block(candidate_n, candidate_bad, stable_n, stable_bad)
+        self.pending_candidate_n += candidate_n
+        self.pending_candidate_bad += candidate_bad
+        self.pending_stable_n += stable_n
+        self.pending_stable_bad += stable_bad
+        c_n, c_bad = self.pending_candidate_n, self.pending_candidate_bad
+        s_n, s_bad = self.pending_stable_n, self.pending_stable_bad
+        if c_n == 0 or s_n == 0:
             return
-        parts = min(MAX_SUB_BLOCKS, candidate_n // SUB_BLOCK)
-        seed = (candidate_n, candidate_bad, stable_n, stable_bad, self.candidate_n, self.stable_n)
+        self.pending_candidate_n = self.pending_candidate_bad = 0
+        self.pending_stable_n = self.pending_stable_bad = 0
+        if c_n <= 2 * SUB_BLOCK:
+            self._block(c_n, c_bad, s_n, s_bad)
+            return
+        parts = min(MAX_SUB_BLOCKS, c_n // SUB_BLOCK)
+        seed = (c_n, c_bad, s_n, s_bad, self.candidate_n, self.stable_n)
         rng = np.random.default_rng(list(seed))
-        c_sizes = _even(candidate_n, parts)
-        s_sizes = _even(stable_n, parts)
-        c_bad = rng.multivariate_hypergeometric(c_sizes, candidate_bad)
-        s_bad = rng.multivariate_hypergeometric(s_sizes, stable_bad)
+        c_sizes = _even(c_n, parts)
+        s_sizes = _even(s_n, parts)
+        c_bads = rng.multivariate_hypergeometric(c_sizes, c_bad)
+        s_bads = rng.multivariate_hypergeometric(s_sizes, s_bad)
         for i in range(parts):
-            self._block(int(c_sizes[i]), int(c_bad[i]), int(s_sizes[i]), int(s_bad[i]))
+            self._block(int(c_sizes[i]), int(c_bads[i]), int(s_sizes[i]), int(s_bads[i]))
 
     def _block(self, candidate_n: int, candidate_bad: int, stable_n: int, stable_bad: int) -> None:
-        """Take one block in (a block with one arm empty carries no evidence: absorb it)."""
+        """Take one block in (a sub-block with one arm empty carries no evidence)."""
         if candidate_n > 0 and stable_n > 0:
             self.log_e += block_log_e(
                 candidate_n,

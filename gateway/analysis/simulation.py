@@ -76,19 +76,24 @@ def pass_fail(
     x_s = np.zeros(runs)
     fired = np.zeros(runs, dtype=bool)
     served = np.full(runs, horizon, dtype=float)
+    # Seen, not in a block yet (a block needs both arms: `BlockTest`).
+    p_c, p_xc, p_s, p_xs = (np.zeros(runs) for _ in range(4))
     for t in range(1, horizon + 1):
         # The stable requests since the last candidate one, then the candidate's.
         k = rng.geometric(weight, runs) - 1
-        b_s = rng.binomial(k, bad_stable)
-        b_c = (rng.random(runs) < bad_candidate).astype(float)
+        p_s += k
+        p_xs += rng.binomial(k, bad_stable)
+        p_c += 1
+        p_xc += (rng.random(runs) < bad_candidate).astype(float)
+        close = p_s > 0
         q_c = (x_c + 0.5) / (n_c + 1)
         q_s = (x_s + 0.5) / (n_s + 1)
-        log_e += block_log_e_vec(np.ones(runs), b_c, k.astype(float), b_s, q_c, q_s)
-        n_c += 1
-        x_c += b_c
-        n_s += k
-        x_s += b_s
-        now = ~fired & (log_e >= threshold) & (n_c >= min_samples) & (n_s >= min_samples)
+        log_e += np.where(close, block_log_e_vec(p_c, p_xc, p_s, p_xs, q_c, q_s), 0.0)
+        for total, pending in ((n_c, p_c), (x_c, p_xc), (n_s, p_s), (x_s, p_xs)):
+            total += np.where(close, pending, 0.0)
+            pending[close] = 0.0
+        seen_c, seen_s = n_c + p_c, n_s + p_s
+        now = ~fired & (log_e >= threshold) & (seen_c >= min_samples) & (seen_s >= min_samples)
         served[now] = t
         fired |= now
     return Outcome(fired, served)

@@ -92,3 +92,18 @@ def test_mean_comparison_finds_a_worse_candidate_and_covers_the_truth() -> None:
     assert fine.interval.lo < 0 < fine.interval.hi
     own = seq.mean_cs(moments(same), 0.05)
     assert own.lo < 1.0 < own.hi
+
+
+def test_looks_that_each_see_one_arm_still_add_up_to_evidence() -> None:
+    """A slow route: each look sees one new outcome, of one arm or the other. What one arm
+    showed waits for the other's; the evidence is the same as in blocks of both."""
+    alternating = seq.BlockTest()
+    for _ in range(30):
+        alternating.update(1, 1, 0, 0)  # a bad candidate answer
+        alternating.update(0, 0, 1, 0)  # a good stable one
+    assert alternating.log_e > math.log(100)
+    assert alternating.seen == (30, 30, 30, 0)
+    paired = seq.BlockTest()
+    for _ in range(30):
+        paired.update(1, 1, 1, 0)
+    assert alternating.log_e == pytest.approx(paired.log_e)
