@@ -35,8 +35,11 @@ class FakeEngineState:
     answer: str = "Hello from the fake engine."
     # Whole answers per served model name (`pirate--v2`), over `answer`.
     answers: dict[str, str] = field(default_factory=dict)
-    # Status per served model name, over `status` (a candidate that fails).
+    # Status per served model name, over `status` (a candidate that fails), once it has
+    # answered `fail_after` generations normally (a version that warms up, then fails).
     statuses: dict[str, int] = field(default_factory=dict)
+    fail_after: dict[str, int] = field(default_factory=dict)
+    generations: Counter[str] = field(default_factory=Counter)
     received: list[dict[str, Any]] = field(default_factory=list)
     received_headers: list[dict[str, str]] = field(default_factory=list)
     keep_records: bool = True
@@ -102,7 +105,11 @@ def create_fake_vllm(state: FakeEngineState | None = None) -> Starlette:
         if payload.get("model") not in _served(state):
             message = f"The model `{payload.get('model')}` does not exist."
             return JSONResponse(_error(message, 404), status_code=404)
-        status = state.statuses.get(str(payload.get("model")), state.status)
+        model = str(payload.get("model"))
+        state.generations[model] += 1
+        status = state.status
+        if model in state.statuses and state.generations[model] > state.fail_after.get(model, 0):
+            status = state.statuses[model]
         if status != 200:
             return JSONResponse(_error("fake engine failure", status), status)
         if state.delay_s:
@@ -208,8 +215,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8001)
     parser.add_argument("--served-model-name", default="base")
+    # `NAME=STATUS[@AFTER]`: the model answers generations with this status (a failing
+    # version), after answering its first AFTER normally.
+    parser.add_argument("--model-status", action="append", default=[])
     args, _ = parser.parse_known_args(argv)
     state = FakeEngineState(base_model=args.served_model_name, keep_records=False)
+    for entry in args.model_status:
+        name, _, rest = entry.partition("=")
+        status, _, after = rest.partition("@")
+        state.statuses[name] = int(status)
+        state.fail_after[name] = int(after or 0)
     uvicorn.run(
         create_fake_vllm(state),
         host=args.host,

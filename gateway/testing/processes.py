@@ -160,10 +160,15 @@ class Processes:
         self.procs.append(proc)
         return proc
 
-    def start_engine(self, *, timeout_s: float = 30.0) -> None:
-        """Start the fake engine serving the base model as `smollm2`; wait for `/health`."""
+    def start_engine(self, *, timeout_s: float = 30.0, failing: Mapping[str, str] = {}) -> None:
+        """Start the fake engine serving the base model as `smollm2`; wait for `/health`.
+
+        `failing`: served model names (`pirate--v2`) that answer generations with a status
+        of their own, after their first few (`"500@1"`: the warm-up passes, then 500s)."""
         log = self.tmp / "engine.log"
         args = ["-m", "gateway.testing.fake_vllm", "serve", "x", "--port", str(self.engine_port)]
+        for name, status in failing.items():
+            args += ["--model-status", f"{name}={status}"]  # STATUS[@AFTER]
         proc = self._spawn([*args, "--served-model-name", ENGINE_MODEL], log, {})
         try:
             wait_until_ok(f"{self.engine_url}/health", proc, timeout_s, "the fake engine", 0.05)
