@@ -243,7 +243,7 @@ class Settings(BaseSettings):
     # On the first start (empty registry), register every `<adapter_root>/<name>/v<N>`.
     seed_adapters: bool = True
     # How often the registry's change counter (the newest audit event's id) is read, to
-    # pick up changes made by other gateway replicas. None: every second on SQLite (its only
+    # pick up changes made by other gateway replicas. None: every 0.5 s on SQLite (its only
     # channel); every 30 s on PostgreSQL, where changes are pushed at once (LISTEN/NOTIFY)
     # and this read is only a safety net.
     registry_poll_s: float | None = Field(default=None, gt=0)
@@ -342,7 +342,7 @@ class Settings(BaseSettings):
         """The registry poll interval (see `registry_poll_s`)."""
         if self.registry_poll_s is not None:
             return self.registry_poll_s
-        return 30.0 if self.resolved_database_url.startswith("postgresql") else 1.0
+        return 30.0 if self.resolved_database_url.startswith("postgresql") else 0.5
 
     @property
     def resolved_model_dir(self) -> Path:

@@ -88,7 +88,7 @@ def test_an_admin_key_that_is_also_a_tenant_key_is_refused() -> None:
 @pytest.mark.parametrize(
     ("database_url", "poll_s", "expected"),
     [
-        (None, None, 1.0),
+        (None, None, 0.5),
         ("postgresql://u@127.0.0.1:5432/db", None, 30.0),
         ("postgresql://u@127.0.0.1:5432/db", 60.0, 60.0),
         (None, 0.2, 0.2),
