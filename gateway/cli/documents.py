@@ -10,11 +10,14 @@ from typing import Annotated
 import typer
 from rich.console import RenderableType
 
-from gateway.cli.client import Json, emit, fail, request
+from gateway.cli.client import DEFAULT_URL, AdminKey, AsJson, Json, Url, emit, fail, request
 
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Only check it.")]
 ReasonText = Annotated[str, typer.Option(help="Why; kept in the audit log.")]
 ShowSource = Annotated[bool, typer.Option("--source", help="Print the YAML.")]
+DocumentFile = Annotated[
+    str, typer.Argument(metavar="FILE", help="The document (YAML or JSON), or `demo`.")
+]
 
 
 @dataclass(frozen=True)
@@ -25,6 +28,33 @@ class DocumentApi:
     path: str
     read: Callable[[str], str]
     render: Callable[[Json, str], Sequence[RenderableType]]
+
+    def commands(self, app: typer.Typer, what: str) -> None:
+        """Add `show` and `apply` to a command group, for a document called `what`."""
+        api = self
+
+        def show(
+            url: Url = DEFAULT_URL,
+            admin_key: AdminKey = None,
+            as_json: AsJson = False,
+            source: ShowSource = False,
+        ) -> None:
+            api.show(url, admin_key, as_json=as_json, source=source)
+
+        def apply(
+            file: DocumentFile,
+            url: Url = DEFAULT_URL,
+            admin_key: AdminKey = None,
+            as_json: AsJson = False,
+            dry_run: DryRun = False,
+            reason: ReasonText = "",
+        ) -> None:
+            api.apply(url, admin_key, file, as_json=as_json, dry_run=dry_run, reason=reason)
+
+        show.__doc__ = f"Show the {what} in use."
+        apply.__doc__ = f"Replace the {what} (checked whole first; a bad one changes nothing)."
+        app.command("show")(show)
+        app.command("apply")(apply)
 
     def show(self, url: str, admin_key: str | None, *, as_json: bool, source: bool) -> None:
         """Print the document in use (its YAML only, with `source`)."""

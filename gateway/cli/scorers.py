@@ -9,8 +9,8 @@ from rich.console import RenderableType
 from rich.markup import escape
 from rich.table import Table
 
-from gateway.cli.client import DEFAULT_URL, AdminKey, AsJson, Json, Url
-from gateway.cli.documents import DocumentApi, DryRun, ReasonText, ShowSource
+from gateway.cli.client import Json
+from gateway.cli.documents import DocumentApi
 from gateway.quality.config import read_scorer_source
 
 scorers_app = typer.Typer(no_args_is_help=True, help="Show and replace the quality scorers.")
@@ -42,26 +42,4 @@ def _render(payload: Json, verb: str) -> tuple[RenderableType, ...]:
 
 SCORERS = DocumentApi("/admin/scorers", read_scorer_source, _render)
 
-
-@scorers_app.command()
-def show(
-    url: Url = DEFAULT_URL,
-    admin_key: AdminKey = None,
-    as_json: AsJson = False,
-    source: ShowSource = False,
-) -> None:
-    """Show the scorer configuration in use."""
-    SCORERS.show(url, admin_key, as_json=as_json, source=source)
-
-
-@scorers_app.command()
-def apply(
-    config: ConfigFile,
-    url: Url = DEFAULT_URL,
-    admin_key: AdminKey = None,
-    as_json: AsJson = False,
-    dry_run: DryRun = False,
-    reason: ReasonText = "",
-) -> None:
-    """Replace the scorer configuration (checked whole first; a bad one changes nothing)."""
-    SCORERS.apply(url, admin_key, config, as_json=as_json, dry_run=dry_run, reason=reason)
+SCORERS.commands(scorers_app, "scorer configuration")

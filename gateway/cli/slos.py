@@ -10,8 +10,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from gateway.analysis.slo import read_slo_source
-from gateway.cli.client import DEFAULT_URL, AdminKey, AsJson, Json, Url
-from gateway.cli.documents import DocumentApi, DryRun, ReasonText, ShowSource
+from gateway.cli.client import Json
+from gateway.cli.documents import DocumentApi
 
 slos_app = typer.Typer(no_args_is_help=True, help="Show and replace the per-route SLOs.")
 SloFile = Annotated[str, typer.Argument(help="An SLO file (YAML), or `demo`.")]
@@ -42,26 +42,4 @@ def _render(payload: Json, verb: str) -> tuple[RenderableType, ...]:
 
 SLOS = DocumentApi("/admin/slos", read_slo_source, _render)
 
-
-@slos_app.command()
-def show(
-    url: Url = DEFAULT_URL,
-    admin_key: AdminKey = None,
-    as_json: AsJson = False,
-    source: ShowSource = False,
-) -> None:
-    """Show the SLO file in use."""
-    SLOS.show(url, admin_key, as_json=as_json, source=source)
-
-
-@slos_app.command()
-def apply(
-    file: SloFile,
-    url: Url = DEFAULT_URL,
-    admin_key: AdminKey = None,
-    as_json: AsJson = False,
-    dry_run: DryRun = False,
-    reason: ReasonText = "",
-) -> None:
-    """Replace the SLO file (checked whole first; a bad one changes nothing)."""
-    SLOS.apply(url, admin_key, file, as_json=as_json, dry_run=dry_run, reason=reason)
+SLOS.commands(slos_app, "SLO file")

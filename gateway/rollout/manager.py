@@ -139,6 +139,7 @@ class RolloutManager:
         self._local = LocalChanges()
         self._warmer = CandidateWarmer(pool, proxy, settings)
         self._pending: Counter[tuple[int, int, str]] = Counter()
+        self._flushing = asyncio.Lock()
         self._locks: dict[str, asyncio.Lock] = {}
         self._task: asyncio.Task[None] | None = None
         self._random = random.Random()
@@ -200,7 +201,12 @@ class RolloutManager:
                 log.exception("rollout bookkeeping failed; it is tried again at the next tick")
 
     async def flush(self) -> None:
-        """Write pending request counts and shadow pairs to the registry."""
+        """Write pending request counts and shadow pairs to the registry. A flush waits for
+        one in progress, so whoever flushes before reading reads everything counted."""
+        async with self._flushing:
+            await self._flush()
+
+    async def _flush(self) -> None:
         pairs = self.shadow.take_pairs()
         counts = self._pending
         self._pending = Counter()
