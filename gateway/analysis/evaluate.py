@@ -40,7 +40,7 @@ from gateway.analysis.sequential import (
     mean_cs,
     normal_log_mixture,
 )
-from gateway.analysis.slo import KINDS, RouteSlo, SignalKind, SignalSlo
+from gateway.analysis.slo import RouteSlo, SignalKind, SignalSlo
 from gateway.registry.quality import Totals
 
 Decision = Literal["pass", "fail", "wait", "n/a"]
@@ -104,10 +104,6 @@ class Verdict:
     signals: list[SignalVerdict] = field(default_factory=list)
     # Why the reward-hacking alarm is raised (None: it is not).
     alarm: str | None = None
-
-    @property
-    def failing(self) -> list[SignalVerdict]:
-        return [s for s in self.signals if s.decision == "fail" and not s.dry_run]
 
 
 def _rate(t: Totals) -> tuple[int, float | None]:
@@ -350,8 +346,3 @@ def decide(
     if not minimums_met:
         return Verdict("wait", "the step's minimums are not met yet", signals)
     return Verdict("wait", f"waiting for evidence: {', '.join(waiting)}", signals)
-
-
-def kind_unit(kind: SignalKind) -> str:
-    """`rate`, `ms` or `score`."""
-    return KINDS[kind].unit

@@ -17,7 +17,7 @@ non-inferior when its share of slow answers is shown to exceed stable's by under
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -141,9 +141,9 @@ def _stable_snapshot(data: Data) -> dict[str, Any]:
     """Stable's running totals now (the candidate has none before the canary)."""
     return {
         "aggregates": {
-            f"{v}|{s}": _dump(t) for (v, s), t in data.aggregates.items() if v == "stable"
+            f"{v}|{s}": t.as_list() for (v, s), t in data.aggregates.items() if v == "stable"
         },
-        "requests": {v: _dump(t) for v, t in data.requests.items() if v == "stable"},
+        "requests": {v: t.as_list() for v, t in data.requests.items() if v == "stable"},
     }
 
 
@@ -161,18 +161,24 @@ def _arms(signal: SignalSlo, data: Data, state: dict[str, Any], latency: dict[st
     if signal.signal == SignalKind.ERROR_RATE:
         base = baseline.get("requests", {})
         return Arms(
-            _minus(data.requests.get("canary", Totals()), base.get("canary")),
-            _minus(data.requests.get("stable", Totals()), base.get("stable")),
+            data.requests.get("canary", Totals()).minus(Totals.from_list(base.get("canary"))),
+            data.requests.get("stable", Totals()).minus(Totals.from_list(base.get("stable"))),
         )
     if signal.signal in LATENCY_KINDS:
         slow = latency[signal.name]["slow"]
-        return Arms(_load(slow["canary"]), _load(slow["stable"]))
+        return Arms(Totals.from_list(slow["canary"]), Totals.from_list(slow["stable"]))
     key = SATISFACTION if signal.signal == SignalKind.SATISFACTION_RATE else signal.resolved_scorer
     base = baseline.get("aggregates", {})
     return Arms(
-        _minus(data.aggregates.get(("canary", key or ""), Totals()), base.get(f"canary|{key}")),
-        _minus(data.aggregates.get(("stable", key or ""), Totals()), base.get(f"stable|{key}")),
+        _since(data, "canary", key or "", base),
+        _since(data, "stable", key or "", base),
     )
+
+
+def _since(data: Data, variant: str, signal: str, base: dict[str, Any]) -> Totals:
+    """A signal's totals of one variant with the baseline taken off."""
+    now = data.aggregates.get((variant, signal), Totals())
+    return now.minus(Totals.from_list(base.get(f"{variant}|{signal}")))
 
 
 def _absorb_latency(signal: SignalSlo, raw: dict[str, Any] | None, data: Data) -> dict[str, Any]:
@@ -181,12 +187,12 @@ def _absorb_latency(signal: SignalSlo, raw: dict[str, Any] | None, data: Data) -
     state = raw or {
         "hist": [0] * (len(_EDGES) + 1),
         "canary_hist": [0] * (len(_EDGES) + 1),
-        "slow": {"canary": _dump(Totals()), "stable": _dump(Totals())},
+        "slow": {"canary": Totals().as_list(), "stable": Totals().as_list()},
     }
     hist = list(state["hist"])
     canary_hist = list(state["canary_hist"])
     threshold = _threshold(signal, hist)
-    slow = {arm: _load(state["slow"][arm]) for arm in ("canary", "stable")}
+    slow = {arm: Totals.from_list(state["slow"][arm]) for arm in ("canary", "stable")}
     ttft = signal.signal == SignalKind.TTFT_P95
     for sample in data.latencies:
         value = sample.ttft_ms if ttft else sample.latency_ms
@@ -202,7 +208,7 @@ def _absorb_latency(signal: SignalSlo, raw: dict[str, Any] | None, data: Data) -
     return {
         "hist": hist,
         "canary_hist": canary_hist,
-        "slow": {arm: _dump(t) for arm, t in slow.items()},
+        "slow": {arm: t.as_list() for arm, t in slow.items()},
         "threshold_ms": threshold,
     }
 
@@ -248,26 +254,3 @@ def _latency_view(signal: SignalSlo, verdict: SignalVerdict, state: dict[str, An
     elif signal.max is not None and n >= signal.min_samples and p95 > signal.max:
         verdict.decision = "fail"
         verdict.reason = f"p95 {p95:.0f} ms over {n} answers is above its maximum {signal.max:g} ms"
-
-
-def _dump(t: Totals) -> list[float]:
-    return [t.count, t.total, t.total_sq, t.passes, t.fails]
-
-
-def _load(raw: list[float] | None) -> Totals:
-    if not raw:
-        return Totals()
-    count, total, total_sq, passes, fails = raw
-    return Totals(int(count), float(total), float(total_sq), int(passes), int(fails))
-
-
-def _minus(t: Totals, raw: list[float] | None) -> Totals:
-    base = _load(raw)
-    return replace(
-        t,
-        count=t.count - base.count,
-        total=t.total - base.total,
-        total_sq=t.total_sq - base.total_sq,
-        passes=t.passes - base.passes,
-        fails=t.fails - base.fails,
-    )

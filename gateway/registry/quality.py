@@ -105,6 +105,28 @@ class Totals:
             self.fails + sign * (passed is False),
         )
 
+    def minus(self, other: Totals) -> Totals:
+        """These sums with `other`'s taken out."""
+        return Totals(
+            self.count - other.count,
+            self.total - other.total,
+            self.total_sq - other.total_sq,
+            self.passes - other.passes,
+            self.fails - other.fails,
+        )
+
+    def as_list(self) -> list[float]:
+        """The sums as a JSON list (kept in the analysis's state)."""
+        return [self.count, self.total, self.total_sq, self.passes, self.fails]
+
+    @classmethod
+    def from_list(cls, raw: list[float] | None) -> Totals:
+        """The sums `as_list` wrote (empty or None: zeros)."""
+        if not raw:
+            return cls()
+        count, total, total_sq, passes, fails = raw
+        return cls(int(count), float(total), float(total_sq), int(passes), int(fails))
+
 
 @dataclass(frozen=True)
 class UsageRow:
@@ -230,7 +252,7 @@ class QualityStore:
             session.add(row)
         else:
             old = Rating(row.rating, row.value, row.comment, list(row.tags))
-            delta = _minus(delta, Totals().plus(old.value, old.passed))
+            delta = delta.minus(Totals().plus(old.value, old.passed))
             row.history = [
                 *row.history,
                 {
@@ -387,16 +409,6 @@ def _response(session: Session, tenant: str, request_id: str, newer_than: dateti
             param="response_id",
         )
     return row
-
-
-def _minus(a: Totals, b: Totals) -> Totals:
-    return Totals(
-        a.count - b.count,
-        a.total - b.total,
-        a.total_sq - b.total_sq,
-        a.passes - b.passes,
-        a.fails - b.fails,
-    )
 
 
 def _response_ids(session: Session, scores: list[NewScore]) -> dict[tuple[str, str], int]:
