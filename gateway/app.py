@@ -19,6 +19,7 @@ from gateway.analysis.slos import SloConfigs
 from gateway.api import (
     admin_adapters,
     admin_analysis,
+    admin_evidence,
     admin_hooks,
     admin_rollouts,
     admin_route_table,
@@ -38,11 +39,13 @@ from gateway.config import Settings
 from gateway.hooks.parts import build_hooks
 from gateway.lifecycle import AdapterLifecycle
 from gateway.metrics import Metrics
+from gateway.quality.evidence import EvidenceService
 from gateway.quality.parts import build_quality
 from gateway.registry.analysis import AnalysisStore
 from gateway.registry.changes import ChangeFeed
 from gateway.registry.database import make_engine, session_factory, upgrade
 from gateway.registry.documents import route_tables, slo_configs
+from gateway.registry.evidence import EvidenceStore
 from gateway.registry.rollouts import RolloutStore
 from gateway.registry.store import Registry
 from gateway.registry.validation import BaseModelInfo, ServedBase
@@ -207,6 +210,9 @@ def create_app(
     app.state.scoring = quality.scoring
     app.state.judging = quality.judging
     app.state.feedback = quality.feedback
+    app.state.evidence = EvidenceService(
+        EvidenceStore(session_factory(database)), quality.responses
+    )
     app.state.slos = slos
     app.state.analysis = analysis
     app.state.supervisor = supervisor
@@ -216,6 +222,7 @@ def create_app(
     app.include_router(admin_adapters.router)
     app.include_router(admin_route_table.router)
     app.include_router(admin_analysis.router)
+    app.include_router(admin_evidence.router)
     app.include_router(admin_rollouts.router)
     app.include_router(admin_usage.router)
     app.include_router(admin_scorers.router)

@@ -112,6 +112,9 @@ class ModelCatalog:
         for name, versions in self._versions.items():
             for version in versions.values():
                 targets[version.ref] = Target(version.engine_name, version, name, exact=True)
+            if name in self._stable and self._stable[name] is None:
+                # Registered to be evaluated as `name@N` first: the name serves nothing yet.
+                continue
             chosen = versions.get(self._stable.get(name) or 0) or versions[max(versions)]
             targets[name] = Target(chosen.engine_name, chosen, route=name)
         return targets

@@ -64,6 +64,7 @@ class RegisterCommand:
     base_model: str | None = None
     manifest: Mapping[str, Any] | None = None
     reason: str = ""
+    serve_first: bool = True
 
 
 @dataclass(frozen=True)
@@ -309,7 +310,12 @@ class AdapterLifecycle:
                 )
                 raise
             registration = await asyncio.to_thread(
-                self._registry.register, command.name, spec, actor=actor, reason=command.reason
+                self._registry.register,
+                command.name,
+                spec,
+                actor=actor,
+                reason=command.reason,
+                serve_first=command.serve_first,
             )
             if refresh:
                 await self.refresh()

@@ -30,6 +30,9 @@ class RegisterBody(AdminBody):
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")
     base_model: str | None = Field(default=None, max_length=256)
     manifest: dict[str, Any] = Field(default_factory=dict)
+    # False: a first version waits unserved under its name (a pipeline evaluates it as
+    # `name@N` first, then makes it stable).
+    serve_first: bool = True
     reason: str = _Reason
 
 

@@ -47,6 +47,7 @@ async def register(body: RegisterBody, lifecycle: LifecycleDep, actor: ActorDep)
         base_model=body.base_model,
         manifest=body.manifest,
         reason=body.reason,
+        serve_first=body.serve_first,
     )
     view = await lifecycle.register(command, actor=actor)
     out = VersionOut.of(view)

@@ -17,7 +17,7 @@ from pydantic import BaseModel
 
 from gateway.analysis.runner import AnalysisRunner, Phase, phase_of
 from gateway.api.deps import RolloutsDep
-from gateway.rollout.manager import RolloutManager
+from gateway.rollout.refs import find_rollout
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 
@@ -62,16 +62,10 @@ def _runner(request: Request) -> AnalysisRunner:
     return runner
 
 
-async def _rollout(rollouts: RolloutManager, ref: str) -> Any:
-    if ref.isdigit() and len(ref) <= 18:
-        return await rollouts.get(int(ref))
-    return (await rollouts.status(ref)).row
-
-
 @router.get("/rollouts/{ref}/analysis")
 async def analysis(ref: str, rollouts: RolloutsDep, request: Request) -> AnalysisOut:
     """The newest verdict of a rollout (by id, or a route's active or latest rollout)."""
-    row = await _rollout(rollouts, ref)
+    row = await find_rollout(rollouts, ref)
     runner = _runner(request)
     latest = await runner.latest_verdict(row.id)
     verdict = VerdictOut.model_validate(latest, from_attributes=True) if latest else None
@@ -95,7 +89,7 @@ async def verdicts(
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
 ) -> VerdictList:
     """A rollout's verdicts, newest first."""
-    row = await _rollout(rollouts, ref)
+    row = await find_rollout(rollouts, ref)
     rows = await _runner(request).verdicts(row.id, limit)
     return VerdictList(
         rollout=row.id,

@@ -66,18 +66,27 @@ class Registry:
         self._sessions = sessions
 
     def register(
-        self, name: str, spec: VersionSpec, *, actor: str, reason: str = ""
+        self,
+        name: str,
+        spec: VersionSpec,
+        *,
+        actor: str,
+        reason: str = "",
+        serve_first: bool = True,
     ) -> Registration:
-        """Register `spec` under `name` (or find the version with the same content)."""
+        """Register `spec` under `name` (or find the version with the same content); a first
+        version serves the name unless `serve_first` is False."""
         for attempt in range(REGISTER_ATTEMPTS):
             try:
-                return self._register_once(name, spec, actor, reason)
+                return self._register_once(name, spec, actor, reason, serve_first)
             except IntegrityError:
                 if attempt == REGISTER_ATTEMPTS - 1:
                     raise
         raise AssertionError("unreachable")
 
-    def _register_once(self, name: str, spec: VersionSpec, actor: str, reason: str) -> Registration:
+    def _register_once(
+        self, name: str, spec: VersionSpec, actor: str, reason: str, serve_first: bool
+    ) -> Registration:
         with self._sessions.begin() as session:
             adapter = session.scalar(select(Adapter).where(Adapter.name == name))
             if adapter is None:
@@ -107,7 +116,7 @@ class Registry:
                 )
             )
             number = max(newest or 0, issued or 0) + 1
-            if adapter.stable_version is None:
+            if adapter.stable_version is None and serve_first:
                 # The first version serves the name; later ones wait for a rollout.
                 adapter.stable_version = number
             row = AdapterVersionRow(

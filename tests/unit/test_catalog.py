@@ -46,7 +46,7 @@ PIRATES = [AdapterVersion("pirate", v, Path(f"/p{v}")) for v in (1, 2, 3)]
     [
         ({"pirate": 2}, "pirate--v2"),
         ({"pirate": 7}, "pirate--v3"),
-        ({"pirate": None}, "pirate--v3"),
+        ({}, "pirate--v3"),
     ],
 )
 def test_name_resolves_to_its_stable_version_else_the_newest_servable(
@@ -56,6 +56,14 @@ def test_name_resolves_to_its_stable_version_else_the_newest_servable(
     assert catalog.resolve("pirate").engine_model == served
     # A pinned version is exact whatever the stable version is.
     assert catalog.resolve("pirate@1").engine_model == "pirate--v1"
+
+
+def test_a_name_whose_stable_version_is_unset_serves_nothing_but_its_pins_do() -> None:
+    # A first version registered with `serve_first: false` waits to be evaluated.
+    catalog = ModelCatalog("base", PIRATES, {"pirate": None})
+    with pytest.raises(ModelNotFound):
+        catalog.resolve("pirate")
+    assert catalog.resolve("pirate@2").engine_model == "pirate--v2"
 
 
 def test_name_without_stable_version_resolves_to_newest_and_pins_resolve_exactly() -> None:

@@ -191,9 +191,9 @@ routes:
         "routes.Bad Route: 'Bad Route' is not a route name (lower-case letters, digits, '_', "
         "'.', '-'; at most 63 characters)",
         "routes.r.scorers[0]: unknown kind 'nope' (kinds: json, json_schema, regex, length, "
-        "refusal, language, caps_share, judge, reward)",
+        "refusal, language, caps_share, sql, judge, reward)",
         "routes.r.scorers[1]: kind is missing (kinds: json, json_schema, regex, length, "
-        "refusal, language, caps_share, judge, reward)",
+        "refusal, language, caps_share, sql, judge, reward)",
         "routes.r.scorers[2].schema: not a valid Draft 2020-12 schema: $.type: 'strng' is not "
         "valid under any of the given schemas",
         "routes.r.scorers[3]: url is required when model is http",
