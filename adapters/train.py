@@ -15,7 +15,7 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,10 +32,24 @@ _IGNORE = -100
 
 @dataclass(frozen=True)
 class Example:
-    """One supervised pair: the user's prompt and the assistant's answer."""
+    """One supervised pair: the user's prompt and the assistant's answer, after any earlier
+    messages (a system prompt, earlier turns) as (role, content) pairs."""
 
     prompt: str
     response: str
+    history: tuple[tuple[str, str], ...] = ()
+
+    def messages(self) -> list[dict[str, str]]:
+        """The chat messages the answer follows (the history, then the user's prompt)."""
+        earlier = [{"role": role, "content": content} for role, content in self.history]
+        return [*earlier, {"role": "user", "content": self.prompt}]
+
+    def as_row(self) -> dict[str, Any]:
+        """The canonical JSON form (a history only when there is one)."""
+        row: dict[str, Any] = {"prompt": self.prompt, "response": self.response}
+        if self.history:
+            row["history"] = [list(pair) for pair in self.history]
+        return row
 
 
 @dataclass(frozen=True)
@@ -85,10 +99,7 @@ class TrainResult:
 
 def dataset_bytes(examples: Sequence[Example]) -> bytes:
     """Canonical JSONL form of a dataset: one sorted-key object per line."""
-    lines = (
-        json.dumps({"prompt": ex.prompt, "response": ex.response}, ensure_ascii=False)
-        for ex in examples
-    )
+    lines = (json.dumps(ex.as_row(), ensure_ascii=False) for ex in examples)
     return "".join(line + "\n" for line in lines).encode("utf-8")
 
 
@@ -130,7 +141,7 @@ def _sha256_file(path: Path) -> str:
 def _encode(tokenizer: Any, example: Example, max_length: int) -> tuple[list[int], list[int]]:
     """Token ids and labels; only the answer (and its end marker) carries loss."""
     prompt_text = tokenizer.apply_chat_template(
-        [{"role": "user", "content": example.prompt}],
+        example.messages(),
         tokenize=False,
         add_generation_prompt=True,
     )
@@ -175,8 +186,35 @@ def native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
+# Called after every step with (step, steps, loss): the command line's progress bar.
+StepCallback = Callable[[int, int, float], None]
+
+
+def device_name() -> str:
+    """Where training runs: the GPU when one is present, else the CPU."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def compute_dtype(config: TrainConfig, device: str) -> str:
+    """The matmul precision: bf16 on a GPU or a CPU with native bf16, float32 elsewhere."""
+    if not config.bf16_autocast:
+        return "float32"
+    if device == "cuda":
+        import torch
+
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+    return "bfloat16" if native_bf16() else "float32"
+
+
 def _fit(
-    base_dir: Path, examples: Sequence[Example], config: TrainConfig, tmp: Path
+    base_dir: Path,
+    examples: Sequence[Example],
+    config: TrainConfig,
+    tmp: Path,
+    on_step: StepCallback | None = None,
+    base_model_id: str = BASE_MODEL_ID,
 ) -> TrainResult:
     import torch
     from peft import LoraConfig, get_peft_model
@@ -197,15 +235,16 @@ def _fit(
         target_modules=list(config.target_modules),
         task_type="CAUSAL_LM",
     )
-    model = get_peft_model(base, lora)
+    device = device_name()
+    model = get_peft_model(base, lora).to(device)
     model.train()
     encoded = [_encode(tokenizer, ex, config.max_length) for ex in examples]
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, config))
 
-    autocast = config.bf16_autocast and native_bf16()
-    log.info("training with %s matmuls", "bf16" if autocast else "float32")
+    autocast = compute_dtype(config, device) == "bfloat16"
+    log.info("training on %s with %s matmuls", device, "bf16" if autocast else "float32")
     losses: list[float] = []
     started = time.perf_counter()
     batches = _batches(len(encoded), config.batch_size, config.seed)
@@ -219,8 +258,12 @@ def _fit(
             input_ids[row, : len(ids)] = torch.tensor(ids)
             labels[row, : len(labs)] = torch.tensor(labs)
             attention[row, : len(ids)] = 1
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            out = model(input_ids=input_ids, attention_mask=attention, labels=labels)
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
+            out = model(
+                input_ids=input_ids.to(device),
+                attention_mask=attention.to(device),
+                labels=labels.to(device),
+            )
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
@@ -228,10 +271,12 @@ def _fit(
         optimizer.zero_grad(set_to_none=True)
         losses.append(float(out.loss.item()))
         log.info("step %s/%s loss %.4f", step + 1, config.steps, losses[-1])
+        if on_step is not None:
+            on_step(step + 1, config.steps, losses[-1])
     seconds = time.perf_counter() - started
 
     # Name the hub id, not this machine's path: the adapter is portable to any copy of the base.
-    model.peft_config["default"].base_model_name_or_path = BASE_MODEL_ID
+    model.peft_config["default"].base_model_name_or_path = base_model_id
     # With embedding layers on "auto", peft looks the base model up on the hub; the adapter
     # trains no embeddings, so say so and stay offline.
     model.save_pretrained(str(tmp), safe_serialization=True, save_embedding_layers=False)
@@ -261,6 +306,9 @@ def train_lora(
     *,
     name: str | None = None,
     version: int = 1,
+    on_step: StepCallback | None = None,
+    lineage: dict[str, Any] | None = None,
+    base_model_id: str = BASE_MODEL_ID,
 ) -> Path:
     """Train a LoRA adapter and publish it atomically at `out_dir`; return that path."""
     if not examples:
@@ -268,18 +316,19 @@ def train_lora(
     name = name or (out_dir.parent.name if out_dir.name.startswith("v") else out_dir.name)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     # A crash leaves only a stray temp dir; readers never see a half-written adapter.
+    sweep_strays(out_dir)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
         log.info("training %s: %s examples, %s steps", name, len(examples), config.steps)
-        result = _fit(base_dir, examples, config, tmp)
+        result = _fit(base_dir, examples, config, tmp, on_step, base_model_id)
         weights = tmp / ADAPTER_WEIGHTS
         data = dataset_bytes(examples)
         manifest: dict[str, Any] = {
             "name": name,
             "version": version,
-            "base_model": BASE_MODEL_ID,
+            "base_model": base_model_id,
             "base_model_dir": base_dir.name,
             "dataset": {
                 "sha256": hashlib.sha256(data).hexdigest(),
@@ -299,6 +348,7 @@ def train_lora(
                 "bytes": weights.stat().st_size,
             },
             "libraries": _versions(),
+            **(lineage or {}),
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         _publish(tmp, out_dir)
@@ -307,6 +357,30 @@ def train_lora(
         raise
     log.info("adapter %s ready at %s (loss %.4f)", name, out_dir, result.final_loss)
     return out_dir
+
+
+def sweep_strays(out_dir: Path) -> list[Path]:
+    """Remove what a killed run left beside `out_dir` (`.NAME.tmp-PID` of a process that is
+    gone); return what was removed."""
+    removed = []
+    for stray in out_dir.parent.glob(f".{out_dir.name}.tmp-*"):
+        pid = stray.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(stray, ignore_errors=True)
+            removed.append(stray)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _publish(tmp: Path, out_dir: Path) -> None:
