@@ -9,6 +9,7 @@ refused), 2 the spec or a dataset is wrong.
 from __future__ import annotations
 
 import logging
+import signal
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -62,10 +63,17 @@ def _root(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every step.")] = False,
 ) -> None:
     """Train, evaluate and register LoRA adapters."""
+    # SIGTERM (a stopped container, a killed job) unwinds like Ctrl-C: a run in progress
+    # removes its temporary directory on the way out.
+    signal.signal(signal.SIGTERM, _terminated)
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _load(spec: Path) -> LoadedSpec:

@@ -2,8 +2,9 @@
 
 A row is contaminated when its prompt is a training prompt (exactly, after folding case and
 white space), or when its prompt and reference together share a run of `n` words with a
-training row's (the n-gram check of the GPT-3 and Llama reports, on words). Contaminated
-rows are reported and left out of every metric.
+training row's (the n-gram check of the GPT-3 and Llama reports, on words). The system
+prompt is left out of the n-grams: a task's rows share it. Contaminated rows are reported
+and left out of every metric.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ def fold(text: str) -> str:
 
 
 def _words(example: Example) -> list[str]:
-    context = " ".join(content for _, content in example.history)
-    return _WORD.findall(f"{context} {example.prompt} {example.response}".lower())
+    # The system prompt is left out: a task's rows share it, so it would match every row.
+    return _WORD.findall(f"{example.prompt} {example.response}".lower())
 
 
 def _grams(words: Sequence[str], n: int) -> Iterable[tuple[str, ...]]:

@@ -259,7 +259,9 @@ def ensure_route_documents(client: GatewayClient, loaded: LoadedSpec) -> list[st
     changed = []
     wanted: list[tuple[str, dict[str, Any] | None]] = [("slos", spec.rollout.slo)]
     if spec.rollout.scorers and spec.task.verifiers:
-        scorers = [v.model_dump(mode="json", exclude_none=True) for v in spec.task.verifiers]
+        scorers = [
+            v.model_dump(mode="json", exclude_none=True, by_alias=True) for v in spec.task.verifiers
+        ]
         wanted.append(("scorers", {"sample_rate": spec.rollout.sample_rate, "scorers": scorers}))
     for kind, entry in wanted:
         if entry is None:

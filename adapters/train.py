@@ -219,7 +219,10 @@ def _fit(
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    # The command line draws its own progress bar; transformers' loading bar would cut it.
+    hf_logging.disable_progress_bar()
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     random.seed(config.seed)

@@ -9,7 +9,7 @@ routes:
     sample_rate: 1.0      # optional: the route's own default
     scorers:              # at most 32, names unique within the route
       - kind: language    # a verifier (gateway.quality.verifiers): json, json_schema,
-        name: answer_is_french    # regex, length, refusal, language, caps_share
+        name: answer_is_french    # regex, length, refusal, language, caps_share, sql
         expect: fr
       - kind: judge       # an LLM judge, run elsewhere: only its spec here
         rubric: helpfulness

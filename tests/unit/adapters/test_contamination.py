@@ -51,13 +51,13 @@ def test_case_and_punctuation_do_not_hide_an_ngram_overlap() -> None:
     assert index.find(Example("Q", "PEOPLE -- keep... as; PETS!")) is not None
 
 
-def test_the_training_history_counts_towards_ngrams() -> None:
+def test_a_shared_system_prompt_does_not_make_every_row_contaminated() -> None:
+    # Every row of a task carries the same system prompt: only prompt and answer count.
     index = ContaminationIndex(TRAINING, n=6)
+    system = next(ex.history for ex in TRAINING if ex.history)
 
-    assert index.find(Example("Who are you?", "Careful zoologist who answers in full")) == (
-        "ngram",
-        "shares 6 words with training data: 'careful zoologist who answers in full'",
-    )
+    assert index.find(Example("Who are you?", "Careful zoologist who answers in full")) is None
+    assert index.find(Example("How do volcanoes form?", "Magma rises.", system)) is None
 
 
 def test_an_unrelated_row_is_clean() -> None:
