@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -21,9 +23,11 @@ from rich.table import Table
 from adapters.client import DEFAULT_URL, GatewayClient
 from adapters.demo import ensure_demo_adapters, stale_demo_adapters
 from adapters.hooks_cli import hooks_app
+from adapters.options import AdapterRoot, AdminKey, BaseDir, SpecArg, Url
 from adapters.spec import LoadedSpec, SpecError, load_spec
 from adapters.steps import (
     Context,
+    Staged,
     StepFailed,
     evaluate_step,
     finished,
@@ -38,24 +42,6 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 app.add_typer(hooks_app, name="hooks")
 console = Console()
 err = Console(stderr=True)
-
-SpecArg = Annotated[Path, typer.Argument(metavar="SPEC", help="The spec file (YAML).")]
-Url = Annotated[str, typer.Option("--url", envvar="LORA_GATEWAY_URL", help="Gateway base URL.")]
-AdminKey = Annotated[
-    str | None, typer.Option("--admin-key", envvar="LORA_GATEWAY_ADMIN_KEY", help="Admin key.")
-]
-AdapterRoot = Annotated[
-    Path | None,
-    typer.Option(
-        "--adapter-root",
-        envvar="GATEWAY_ADAPTER_ROOT",
-        help="The gateway's adapter root (or a shared directory it reads).",
-    ),
-]
-BaseDir = Annotated[
-    Path | None,
-    typer.Option("--base-dir", help="Local copy of the base model (default: the prepared one)."),
-]
 
 
 @app.callback()
@@ -121,6 +107,23 @@ def _fail(message: str) -> NoReturn:
     raise typer.Exit(1)
 
 
+@contextmanager
+def _reported() -> Iterator[None]:
+    """A wrong spec or dataset exits 2, a failed step 1, each with what to tell the user."""
+    try:
+        yield
+    except SpecError as exc:
+        _spec_problems(exc)
+    except StepFailed as exc:
+        _fail(str(exc))
+
+
+def _staged(ctx: Context) -> Staged:
+    """Train (unless this run exists) and register the run unserved."""
+    run_dir, data = train_step(ctx)
+    return stage_step(ctx, run_dir, data)
+
+
 @app.command()
 def check(spec: SpecArg) -> None:
     """Check a spec and every dataset it names (every problem, with its file and line)."""
@@ -142,10 +145,8 @@ def check(spec: SpecArg) -> None:
 def train(spec: SpecArg, base_dir: BaseDir = None) -> None:
     """Train the spec's adapter (nothing happens when this exact run exists)."""
     ctx = _context(spec, DEFAULT_URL, None, None, base_dir)
-    try:
+    with _reported():
         train_step(ctx)
-    except SpecError as exc:
-        _spec_problems(exc)
 
 
 @app.command()
@@ -159,14 +160,8 @@ def evaluate(
     """Register the trained run unserved and evaluate it against the base and stable
     versions through the gateway; exit 1 naming every failed gate."""
     ctx = _context(spec, url, admin_key, adapter_root, base_dir)
-    try:
-        run_dir, data = train_step(ctx)
-        staged = stage_step(ctx, run_dir, data)
-        report, gates = evaluate_step(ctx, staged)
-    except SpecError as exc:
-        _spec_problems(exc)
-    except StepFailed as exc:
-        _fail(str(exc))
+    with _reported():
+        report, gates = evaluate_step(ctx, _staged(ctx))
     if not report["passed"]:
         _fail("gates failed: " + "; ".join(g.name for g in gates if not g.passed))
 
@@ -188,9 +183,8 @@ def register(
     """Register the trained run and release it: stable when it is the adapter's first
     version, else a rollout (shadow first) with the spec's plan and SLO."""
     ctx = _context(spec, url, admin_key, adapter_root, base_dir)
-    try:
-        run_dir, data = train_step(ctx)
-        staged = stage_step(ctx, run_dir, data)
+    with _reported():
+        staged = _staged(ctx)
         evaluated = staged.lineage.read().get("passed")
         if not ignore_gates and evaluated is not True:
             _fail(f"{ctx.loaded.spec.name}@{staged.version} has no passed evaluation: run evaluate")
@@ -199,10 +193,6 @@ def register(
             console.print(f"nothing to do: {ctx.loaded.spec.name}@{staged.version}: {done}")
             return
         console.print(release_step(ctx, staged, start=rollout and ctx.loaded.spec.rollout.start))
-    except SpecError as exc:
-        _spec_problems(exc)
-    except StepFailed as exc:
-        _fail(str(exc))
 
 
 @app.command()
@@ -219,9 +209,8 @@ def run(
     """Train → evaluate → register → roll out. An unchanged spec does nothing the second time."""
     ctx = _context(spec, url, admin_key, adapter_root, base_dir)
     name = ctx.loaded.spec.name
-    try:
-        run_dir, data = train_step(ctx)
-        staged = stage_step(ctx, run_dir, data)
+    with _reported():
+        staged = _staged(ctx)
         done = finished(staged)
         if done is not None:
             console.print(f"nothing to do: {name}@{staged.version}: {done}")
@@ -233,10 +222,6 @@ def run(
             failed = refuse(ctx, staged, gates)
             _fail(f"{name}@{staged.version} refused by gates (retired): {failed}")
         console.print(release_step(ctx, staged, start=rollout and ctx.loaded.spec.rollout.start))
-    except SpecError as exc:
-        _spec_problems(exc)
-    except StepFailed as exc:
-        _fail(str(exc))
 
 
 @app.command()

@@ -22,6 +22,7 @@ from standardwebhooks import Webhook, WebhookVerificationError
 
 from adapters.client import DEFAULT_URL, GatewayClient, GatewayError
 from adapters.loop import handle
+from adapters.options import AdminKey, Url
 from adapters.spec import LoadedSpec, SpecError, load_spec
 
 hooks_app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -92,12 +93,8 @@ def serve(
         str,
         typer.Option(envvar="ADAPTERS_HOOK_SECRET", help="The subscription's secret (whsec_...)."),
     ],
-    url: Annotated[
-        str, typer.Option("--url", envvar="LORA_GATEWAY_URL", help="Gateway base URL.")
-    ] = DEFAULT_URL,
-    admin_key: Annotated[
-        str | None, typer.Option("--admin-key", envvar="LORA_GATEWAY_ADMIN_KEY")
-    ] = None,
+    url: Url = DEFAULT_URL,
+    admin_key: AdminKey = None,
     host: str = "127.0.0.1",
     port: int = 8900,
 ) -> None:
@@ -134,12 +131,8 @@ def subscribe(client: GatewayClient, receiver_url: str) -> dict[str, Any]:
 @hooks_app.command("subscribe")
 def subscribe_command(
     receiver_url: Annotated[str, typer.Argument(help="e.g. http://127.0.0.1:8900/hooks")],
-    url: Annotated[
-        str, typer.Option("--url", envvar="LORA_GATEWAY_URL", help="Gateway base URL.")
-    ] = DEFAULT_URL,
-    admin_key: Annotated[
-        str | None, typer.Option("--admin-key", envvar="LORA_GATEWAY_ADMIN_KEY")
-    ] = None,
+    url: Url = DEFAULT_URL,
+    admin_key: AdminKey = None,
 ) -> None:
     """Subscribe a receiver to the gateway's promotions and rollbacks; print its secret."""
     with GatewayClient(url, admin_key) as client:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Final, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -34,17 +34,7 @@ Metric = Literal[
     "exact_match", "json_valid", "schema_pass", "verifier_pass", "chrf", "sql_execution", "contains"
 ]
 ADAPTER_NAME: Final = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
-PROJECTIONS: Final = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 Projection = Literal["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-_PROJECTION_LIST: Final[tuple[Projection, ...]] = (
-    "q_proj",
-    "k_proj",
-    "v_proj",
-    "o_proj",
-    "gate_proj",
-    "up_proj",
-    "down_proj",
-)
 _VERIFIER_KINDS: Final = (
     "json",
     "json_schema",
@@ -92,7 +82,7 @@ class LoraSpec(_Strict):
     alpha: int = Field(default=16, ge=1, le=4096)
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     target_modules: list[Projection] = Field(
-        default_factory=lambda: [p for p in _PROJECTION_LIST], min_length=1
+        default_factory=lambda: list(get_args(Projection)), min_length=1
     )
 
     @model_validator(mode="after")
