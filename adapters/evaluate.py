@@ -241,7 +241,14 @@ def report_json(
         "adapter": name,
         "variants": variants,
         "sets": {
-            r.name: {"rows": r.rows, "excluded": r.excluded, "means": r.means} for r in results
+            r.name: {
+                "rows": r.rows,
+                "excluded": r.excluded,
+                "means": r.means,
+                # Every answer, so a surprising number can be read off the rows behind it.
+                "answers": r.answers,
+            }
+            for r in results
         },
         "gates": [
             {

@@ -208,6 +208,7 @@ def sample_report() -> dict[str, object]:
         9,
         [{"row": 4, "kind": "exact", "detail": "the prompt is a training prompt"}],
         means={"candidate": {"exact_match": 0.5, "chrf": 0.25}, "base": {"exact_match": 0.125}},
+        answers={"candidate": ["{}"], "base": ["hello"]},
     )
     gates = [
         Gate("min held_out.exact_match", True, 0.5, 0.4, "0.500 ≥ 0.400 (n=9)"),
@@ -228,6 +229,7 @@ def test_report_json_holds_sets_and_gates_and_fails_when_one_gate_fails() -> Non
                 "candidate": {"exact_match": 0.5, "chrf": 0.25},
                 "base": {"exact_match": 0.125},
             },
+            "answers": {"candidate": ["{}"], "base": ["hello"]},
         }
     }
     assert report["gates"] == [
