@@ -185,8 +185,7 @@ def register(
     ctx = _context(spec, url, admin_key, adapter_root, base_dir)
     with _reported():
         staged = _staged(ctx)
-        evaluated = staged.lineage.read().get("passed")
-        if not ignore_gates and evaluated is not True:
+        if not ignore_gates and not staged.passed():
             _fail(f"{ctx.loaded.spec.name}@{staged.version} has no passed evaluation: run evaluate")
         done = finished(staged)
         if done is not None and not ignore_gates:
@@ -214,7 +213,7 @@ def run(
         done = finished(staged)
         if done is not None:
             console.print(f"nothing to do: {name}@{staged.version}: {done}")
-            if staged.lineage.read().get("outcome", {}).get("event") == "refused_by_gates":
+            if any(e["event"] == "refused_by_gates" for e in staged.events()):
                 raise typer.Exit(1)
             return
         report, gates = evaluate_step(ctx, staged)

@@ -85,7 +85,11 @@ def handle(
     if kind == "rollout.promoted":
         if not lineage.has("promoted", rollout=rollout_id):
             lineage.record(
-                "promoted", version=version, rollout=rollout_id, verdict=data.get("verdict")
+                "promoted",
+                gateway=client.url,
+                version=version,
+                rollout=rollout_id,
+                verdict=data.get("verdict"),
             )
         return Outcome(kind, route, version, "lineage: promoted", run_dir)
     if lineage.has("rolled_back", rollout=rollout_id):
@@ -97,6 +101,7 @@ def handle(
     path, count = export_counterexamples(loaded.root, route, version, rollout_id, evidence)
     lineage.record(
         "rolled_back",
+        gateway=client.url,
         version=version,
         rollout=rollout_id,
         verdict=data.get("verdict"),

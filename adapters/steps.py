@@ -68,6 +68,27 @@ class Staged:
     version: int
     lineage: Lineage
     data: PreparedData
+    # The gateway it is registered on: what happened to the run on another one is not
+    # what happened here.
+    gateway: str
+
+    def record(self, event: str, **fields: Any) -> None:
+        """Add an event about this version on this gateway to the run's lineage."""
+        self.lineage.record(event, gateway=self.gateway, version=self.version, **fields)
+
+    def events(self) -> list[dict[str, Any]]:
+        """The lineage's events about this version on this gateway, oldest first."""
+        return [
+            event
+            for event in self.lineage.read().get("events", [])
+            if event.get("version") == self.version
+            and event.get("gateway", self.gateway) == self.gateway
+        ]
+
+    def passed(self) -> bool:
+        """Whether its latest evaluation here passed its gates."""
+        evaluated = [e for e in self.events() if e.get("event") == "evaluated"]
+        return bool(evaluated and evaluated[-1].get("passed") is True)
 
 
 @contextmanager
@@ -128,7 +149,7 @@ def stage_step(ctx: Context, run_dir: Path, data: PreparedData) -> Staged:
         f"registered {name}@{number} ({'new' if created else 'the same files as before'}; "
         f"state {version['state']})"
     )
-    return Staged(run_dir, number, lineage, data)
+    return Staged(run_dir, number, lineage, data, ctx.client.url)
 
 
 def evaluate_step(ctx: Context, staged: Staged) -> tuple[dict[str, Any], list[Gate]]:
@@ -166,9 +187,7 @@ def evaluate_step(ctx: Context, staged: Staged) -> tuple[dict[str, Any], list[Ga
     report = report_json(name, variants, results, gates)
     _, md_path = write_report(staged.run_dir, report)
     summary = {r.name: r.means.get("candidate", {}) for r in results}
-    staged.lineage.record(
-        "evaluated", version=staged.version, passed=report["passed"], scores=summary
-    )
+    staged.record("evaluated", passed=report["passed"], scores=summary)
     for gate in gates:
         mark = "[green]pass[/green]" if gate.passed else "[red]FAIL[/red]"
         ctx.console.print(f"  {mark} {gate.name}: {gate.reason}")
@@ -190,7 +209,7 @@ def refuse(ctx: Context, staged: Staged, gates: list[Gate]) -> str:
     except GatewayError as exc:
         if exc.status != 409:  # retired already
             raise StepFailed(f"cannot retire {name}@{staged.version}: {exc.message}") from exc
-    staged.lineage.record("refused_by_gates", version=staged.version, failed=named)
+    staged.record("refused_by_gates", failed=named)
     return named
 
 
@@ -209,7 +228,7 @@ def release_step(ctx: Context, staged: Staged, *, start: bool) -> str:
                 body={"reason": "first version, passed its gates"},
             )
             ensure_route_documents(ctx.client, ctx.loaded)
-            staged.lineage.record("made_stable", version=staged.version)
+            staged.record("made_stable")
             return f"{ref} is the first version of {name}: it serves {name} now"
         if stable == staged.version:
             return f"{ref} serves {name} already"
@@ -223,18 +242,13 @@ def release_step(ctx: Context, staged: Staged, *, start: bool) -> str:
         )
     except GatewayError as exc:
         raise StepFailed(f"the gateway refused the release of {ref}: {exc.message}") from exc
-    staged.lineage.record(
-        "rollout_started", version=staged.version, rollout=rollout["id"], stable=stable
-    )
+    staged.record("rollout_started", rollout=rollout["id"], stable=stable)
     return f"rollout {rollout['id']} started: {name}@{stable} → {ref}, in {rollout['stage']}"
 
 
 def finished(staged: Staged) -> str | None:
     """Why there is nothing left to do for this version (None: there is)."""
-    record = staged.lineage.read()
-    for event in reversed(record.get("events", [])):
-        if event.get("version") != staged.version:
-            continue
+    for event in reversed(staged.events()):
         kind = event.get("event")
         if kind == "rollout_started":
             return f"its rollout {event.get('rollout')} was started on {event['at']}"
