@@ -71,7 +71,10 @@ def _wait_rollout(url: str, route: str, timeout_s: float) -> dict[str, Any]:
     deadline = time.monotonic() + timeout_s
     last = ""
     while time.monotonic() < deadline:
-        status: dict[str, Any] = httpx.get(f"{url}/admin/rollouts/{route}", timeout=30).json()
+        answer = httpx.get(f"{url}/admin/rollouts/{route}", timeout=30)
+        if answer.status_code != 200:
+            raise SystemExit(f"no rollout of {route}: {answer.text}")
+        status: dict[str, Any] = answer.json()
         where = f"{status['stage']} step {status['step']} ({status['weight']}%)"
         if where != last:
             console.print(f"  rollout {status['id']}: {where}")

@@ -82,7 +82,7 @@ class Staged:
             event
             for event in self.lineage.read().get("events", [])
             if event.get("version") == self.version
-            and event.get("gateway", self.gateway) == self.gateway
+            and event.get("gateway") == self.gateway
         ]
 
     def passed(self) -> bool:
