@@ -81,8 +81,7 @@ class Staged:
         return [
             event
             for event in self.lineage.read().get("events", [])
-            if event.get("version") == self.version
-            and event.get("gateway") == self.gateway
+            if event.get("version") == self.version and event.get("gateway") == self.gateway
         ]
 
     def passed(self) -> bool:
