@@ -21,7 +21,8 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 from adapters.contamination import fold
-from gateway.quality.verifiers import JsonSpec, Verifier, VerifierSpecBase
+from gateway.quality.verdict import Verifier, VerifierSpecBase
+from gateway.quality.verifiers import JsonSpec
 
 # SQLite virtual machine steps between checks, and how many checks a query may take.
 _SQL_STEPS: Final = 1000

@@ -62,7 +62,7 @@ from gateway.documents.checking import (
     route_lists,
 )
 from gateway.errors import InvalidSloConfig
-from gateway.quality.verifiers import SCORER_NAME
+from gateway.quality.verdict import SCORER_NAME
 
 MAX_ROUTES: Final = 1000
 MAX_SIGNALS: Final = 32

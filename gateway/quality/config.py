@@ -55,13 +55,8 @@ from gateway.documents.checking import (
     route_lists,
 )
 from gateway.errors import InvalidScorerConfig
-from gateway.quality.verifiers import (
-    SCORER_NAME,
-    AnyVerifierSpec,
-    SpecBase,
-    Verifier,
-    VerifierSpecBase,
-)
+from gateway.quality.verdict import SCORER_NAME, SpecBase, Verifier, VerifierSpecBase
+from gateway.quality.verifiers import AnyVerifierSpec
 
 MAX_ROUTES: Final = 1000
 MAX_SCORERS: Final = 32

@@ -35,7 +35,7 @@ import httpx
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from gateway.quality.verifiers import SCORER_NAME
+from gateway.quality.verdict import SCORER_NAME
 
 if TYPE_CHECKING:
     from gateway.quality.config import JudgeSpec

@@ -23,7 +23,7 @@ from gateway.quality.reward import (
     demo_routes,
     train_reward,
 )
-from gateway.quality.verifiers import MAX_ANSWER_CHARS, Verdict
+from gateway.quality.verdict import MAX_ANSWER_CHARS, Verdict
 from gateway.routing.embedder import Embedder
 
 

@@ -38,7 +38,7 @@ from gateway.metrics import Metrics
 from gateway.quality.config import RewardSpec, ScorerConfig, ScorerConfigSpec
 from gateway.quality.offload import ScoringProcess
 from gateway.quality.records import Served, answer_text, last_user_text, text_of
-from gateway.quality.verifiers import Verdict
+from gateway.quality.verdict import Verdict
 from gateway.registry.quality import NewScore, QualityStore
 from gateway.registry.schema import ShadowPairRow
 

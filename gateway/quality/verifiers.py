@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import json
 import re
-import sqlite3
 import threading
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from functools import partial
 from itertools import islice
 from typing import Annotated, Any, Final, Literal
@@ -30,8 +28,6 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 from pydantic import (
     AfterValidator,
-    BaseModel,
-    ConfigDict,
     Field,
     StringConstraints,
     field_validator,
@@ -39,11 +35,17 @@ from pydantic import (
 )
 from referencing.exceptions import Unresolvable
 
-MAX_ANSWER_CHARS: Final = 32_768
-# Details are stored beside every score: keep them short.
-DETAIL_CHARS: Final = 200
-MAX_SCHEMA_CHARS: Final = 65_536
-SCORER_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+from gateway.quality.verdict import (
+    MAX_ANSWER_CHARS,
+    MAX_SCHEMA_CHARS,
+    Check,
+    Verdict,
+    Verifier,
+    VerifierSpecBase,
+    cut,
+    verdict,
+)
+from gateway.quality.verifier_sql import SqlSpec
 
 # English refusal phrasings, searched case-insensitively (curly apostrophes folded first).
 # Kept to phrasings that an ordinary answer does not use; a refusal in another language
@@ -70,76 +72,6 @@ _REFUSAL = re.compile("|".join(f"(?:{p})" for p in REFUSALS), re.IGNORECASE)
 _FENCE = re.compile(r"\A\s*```[ \t]*(?:json)?[ \t]*\n(.*?)\n?[ \t]*```\s*\Z", re.S | re.I)
 
 
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    """One scorer's judgement of one answer (`passed` None: a value with no verdict, as a
-    reward model's score)."""
-
-    passed: bool | None
-    value: float
-    detail: str
-
-
-# (the answer's first MAX_ANSWER_CHARS characters, the whole answer's length) -> Verdict
-Check = Callable[[str, int], Verdict]
-
-
-@dataclass(frozen=True, slots=True)
-class Verifier:
-    """A built verifier: call it with an answer (and its prompt) for a `Verdict`."""
-
-    name: str
-    kind: str
-    check: Check
-
-    def __call__(self, answer: str, prompt: str = "") -> Verdict:
-        """Judge the first `MAX_ANSWER_CHARS` characters of `answer`."""
-        # The prompt is part of the contract for kinds that compare it with the answer;
-        # none of the current ones does.
-        del prompt
-        return self.check(answer[:MAX_ANSWER_CHARS], len(answer))
-
-
-def _verdict(passed: bool, detail: str, value: float | None = None) -> Verdict:
-    if len(detail) > DETAIL_CHARS:
-        detail = detail[: DETAIL_CHARS - 1] + "…"
-    return Verdict(passed, (1.0 if passed else 0.0) if value is None else value, detail)
-
-
-def _cut(length: int) -> str:
-    if length <= MAX_ANSWER_CHARS:
-        return ""
-    return f" (read the first {MAX_ANSWER_CHARS} of {length} characters)"
-
-
-class SpecBase(BaseModel):
-    """What every scorer's spec has: a kind, a name and a sample rate."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    kind: str
-    # Unique within a route; defaults to the kind.
-    name: str | None = Field(default=None, pattern=SCORER_NAME.pattern)
-    # Share of the route's answered requests scored; None: the route's (else the config's).
-    sample_rate: float | None = Field(default=None, ge=0.0, le=1.0)
-
-    @property
-    def scorer_name(self) -> str:
-        """The name scores are stored under."""
-        return self.name or self.kind
-
-
-class VerifierSpecBase(SpecBase):
-    """A spec whose scorer is a verifier, built here."""
-
-    def build(self) -> Verifier:
-        """Compile the spec into a verifier (do it once, call it per answer)."""
-        return Verifier(self.scorer_name, self.kind, self._check())
-
-    def _check(self) -> Check:
-        raise NotImplementedError
-
-
 class _NotJson(ValueError):
     pass
 
@@ -155,15 +87,15 @@ def _load_json(text: str, length: int) -> tuple[object, str]:
     try:
         return json.loads(fenced.group(1) if fenced else text, parse_constant=_no_constant), where
     except (ValueError, RecursionError) as exc:
-        raise _NotJson(f"not JSON{where}: {exc}{_cut(length)}") from exc
+        raise _NotJson(f"not JSON{where}: {exc}{cut(length)}") from exc
 
 
 def _check_json(text: str, length: int) -> Verdict:
     try:
         document, where = _load_json(text, length)
     except _NotJson as exc:
-        return _verdict(False, str(exc))
-    return _verdict(True, f"valid JSON ({type(document).__name__}){where}")
+        return verdict(False, str(exc))
+    return verdict(True, f"valid JSON ({type(document).__name__}){where}")
 
 
 class JsonSpec(VerifierSpecBase):
@@ -190,14 +122,14 @@ def _check_schema(validator: Any, text: str, length: int) -> Verdict:
     try:
         document, where = _load_json(text, length)
     except _NotJson as exc:
-        return _verdict(False, str(exc))
+        return verdict(False, str(exc))
     try:
         error = next(iter(validator.iter_errors(document)), None)
     except Unresolvable as exc:
-        return _verdict(False, f"the schema cannot be applied: {exc}")
+        return verdict(False, f"the schema cannot be applied: {exc}")
     if error is None:
-        return _verdict(True, f"valid JSON{where}, matches the schema")
-    return _verdict(False, f"{error.json_path}: {error.message}")
+        return verdict(True, f"valid JSON{where}, matches the schema")
+    return verdict(False, f"{error.json_path}: {error.message}")
 
 
 class JsonSchemaSpec(VerifierSpecBase):
@@ -250,8 +182,8 @@ def _check_regex(
     found = [p.pattern for p in must_not if p.search(text)]
     problems = [f"missing {p}" for p in missing] + [f"found {p}" for p in found]
     if problems:
-        return _verdict(False, "; ".join(problems) + _cut(length))
-    return _verdict(True, f"{len(must)} required found, none of {len(must_not)} forbidden")
+        return verdict(False, "; ".join(problems) + cut(length))
+    return verdict(True, f"{len(must)} required found, none of {len(must_not)} forbidden")
 
 
 class RegexSpec(VerifierSpecBase):
@@ -280,10 +212,10 @@ def _check_length(low: int | None, high: int | None, unit: str, text: str, lengt
     size = length if unit == "chars" else len(text.split())
     shown = f"{size}{'+' if unit == 'words' and length > MAX_ANSWER_CHARS else ''} {unit}"
     if low is not None and size < low:
-        return _verdict(False, f"{shown}, fewer than {low}", float(size))
+        return verdict(False, f"{shown}, fewer than {low}", float(size))
     if high is not None and size > high:
-        return _verdict(False, f"{shown}, more than {high}", float(size))
-    return _verdict(True, shown, float(size))
+        return verdict(False, f"{shown}, more than {high}", float(size))
+    return verdict(True, shown, float(size))
 
 
 class LengthSpec(VerifierSpecBase):
@@ -317,7 +249,7 @@ def refusal_phrase(text: str) -> str | None:
 def _check_refusal(expect: bool, text: str, length: int) -> Verdict:
     phrase = refusal_phrase(text)
     said = f"a refusal ({phrase!r})" if phrase else "not a refusal"
-    return _verdict((phrase is not None) == expect, said + _cut(length))
+    return verdict((phrase is not None) == expect, said + cut(length))
 
 
 class RefusalSpec(VerifierSpecBase):
@@ -359,7 +291,7 @@ def detector_languages() -> frozenset[str]:
 
 def _check_language(expect: str, floor: float, text: str, length: int) -> Verdict:
     if len(list(islice(filter(str.isalpha, text), 3))) < 3:
-        return _verdict(False, "too short to tell its language (fewer than 3 letters)")
+        return verdict(False, "too short to tell its language (fewer than 3 letters)")
     ranking: list[tuple[str, float]] = _Detector.get().rank(text)
     probability = float(dict(ranking).get(expect, 0.0))
     best, best_probability = ranking[0]
@@ -367,7 +299,7 @@ def _check_language(expect: str, floor: float, text: str, length: int) -> Verdic
     said = f"{expect} with probability {probability:.3f}" + ("" if passed else f" < {floor}")
     if best != expect:
         said += f"; detected {best} ({float(best_probability):.3f})"
-    return _verdict(passed, said + _cut(length), probability)
+    return verdict(passed, said + cut(length), probability)
 
 
 class LanguageSpec(VerifierSpecBase):
@@ -397,14 +329,14 @@ def _check_caps(low: float | None, high: float | None, text: str, length: int) -
     upper = sum(1 for c in text if c.isupper())
     cased = upper + sum(1 for c in text if c.islower())
     if not cased:
-        return _verdict(False, "no cased letters", 0.0)
+        return verdict(False, "no cased letters", 0.0)
     share = upper / cased
-    shown = f"{share:.3f} of {cased} letters are capitals{_cut(length)}"
+    shown = f"{share:.3f} of {cased} letters are capitals{cut(length)}"
     if low is not None and share < low:
-        return _verdict(False, f"{shown}, less than {low}", share)
+        return verdict(False, f"{shown}, less than {low}", share)
     if high is not None and share > high:
-        return _verdict(False, f"{shown}, more than {high}", share)
-    return _verdict(True, shown, share)
+        return verdict(False, f"{shown}, more than {high}", share)
+    return verdict(True, shown, share)
 
 
 class CapsShareSpec(VerifierSpecBase):
@@ -424,161 +356,6 @@ class CapsShareSpec(VerifierSpecBase):
 
     def _check(self) -> Check:
         return partial(_check_caps, self.min, self.max)
-
-
-# SQLite virtual-machine steps between progress checks, and the checks a run may take: a
-# schema (or anything else the verifier runs) stops after about a million steps.
-_SQL_STEPS: Final = 1_000
-_SQL_CHECKS: Final = 1_000
-_SQL_FENCE = re.compile(r"\A\s*```[ \t]*(?:sql|sqlite)?[ \t]*\n(.*?)\n?[ \t]*```\s*\Z", re.S | re.I)
-# The authorizer's actions a read-only statement may take.
-_SQL_READS: Final = frozenset(
-    {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION, sqlite3.SQLITE_RECURSIVE}
-)
-_SQL_ACTIONS: Final = {
-    getattr(sqlite3, f"SQLITE_{name}"): name.replace("_", " ")
-    for name in (
-        *("ALTER_TABLE", "ANALYZE", "ATTACH", "DETACH", "DELETE", "INSERT", "UPDATE", "PRAGMA"),
-        *("REINDEX", "SAVEPOINT", "TRANSACTION", "CREATE_VTABLE", "DROP_VTABLE"),
-        *(
-            f"{verb}_{temp}{thing}"
-            for verb in ("CREATE", "DROP")
-            for temp in ("", "TEMP_")
-            for thing in ("INDEX", "TABLE", "TRIGGER", "VIEW")
-        ),
-    )
-}
-
-
-class _StepBudget:
-    """A progress handler that stops SQLite after `_SQL_CHECKS` calls (one connection's)."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def __call__(self) -> int:
-        self.calls += 1
-        return 1 if self.calls > _SQL_CHECKS else 0
-
-    @property
-    def spent(self) -> bool:
-        return self.calls > _SQL_CHECKS
-
-
-def _sql_connection() -> tuple[sqlite3.Connection, _StepBudget]:
-    db = sqlite3.connect(":memory:")
-    # No file is reached: ATTACH, and VACUUM INTO (which attaches its target), fail.
-    db.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)
-    budget = _StepBudget()
-    db.set_progress_handler(budget, _SQL_STEPS)
-    return db, budget
-
-
-def _schema_authorizer(action: int, *args: object) -> int:
-    # A pragma acts when it is compiled and may reach past the connection: skip them all.
-    return sqlite3.SQLITE_IGNORE if action == sqlite3.SQLITE_PRAGMA else sqlite3.SQLITE_OK
-
-
-def schema_image(schema: str) -> bytes:
-    """The database `schema` builds in memory, serialized; ValueError when it does not run."""
-    db, budget = _sql_connection()
-    db.set_authorizer(_schema_authorizer)
-    try:
-        db.executescript(schema)
-        # Serializing reads the page count with a pragma of its own.
-        db.set_authorizer(None)
-        return db.serialize()
-    except (sqlite3.Error, sqlite3.Warning, OverflowError, ValueError) as exc:
-        if budget.spent:
-            raise ValueError(f"takes more than {_SQL_STEPS * _SQL_CHECKS} SQLite steps") from exc
-        raise ValueError(f"does not run in SQLite: {exc}") from exc
-    finally:
-        db.close()
-
-
-def _record(
-    read_only: bool, seen: list[tuple[int, str | None]], action: int, target: str | None, *_: object
-) -> int:
-    # EXPLAIN compiles without running, so recording a write is enough; a pragma, though,
-    # acts when it is compiled.
-    if action == sqlite3.SQLITE_PRAGMA:
-        seen.append((action, target))
-        return sqlite3.SQLITE_DENY
-    if read_only and action not in _SQL_READS:
-        seen.append((action, target))
-    return sqlite3.SQLITE_OK
-
-
-def _write_named(seen: list[tuple[int, str | None]], program: list[Any]) -> str | None:
-    """What a read-only statement may not do, named; None when it only reads."""
-    # A DROP TABLE first deletes from sqlite_master: name the statement's own table.
-    own = [item for item in seen if not (item[1] or "").startswith("sqlite_")]
-    if seen:
-        action, target = (own or seen)[0]
-        words = _SQL_ACTIONS.get(action, f"action {action}")
-        return f"{words} ({target})" if target else words
-    # What the authorizer is not asked about, the compiled program shows.
-    opcodes = {row[1] for row in program}
-    if "Vacuum" in opcodes:
-        return "VACUUM"
-    if any(row[1] == "Transaction" and row[3] != 0 for row in program):
-        return "a write transaction"
-    return None
-
-
-def _check_sql(image: bytes, read_only: bool, text: str, length: int) -> Verdict:
-    fenced = _SQL_FENCE.match(text)
-    statement = (fenced.group(1) if fenced else text).strip().rstrip(";").rstrip()
-    if not statement:
-        return _verdict(False, "no SQL statement" + _cut(length))
-    if "\x00" in statement:
-        return _verdict(False, "holds a NUL character")
-    seen: list[tuple[int, str | None]] = []
-    db, budget = _sql_connection()
-    try:
-        db.deserialize(image)
-        if read_only:
-            db.execute("PRAGMA query_only = 1")
-        db.set_authorizer(partial(_record, read_only, seen))
-        program = db.execute("EXPLAIN " + statement).fetchall()
-    except sqlite3.ProgrammingError as exc:
-        if "one statement" in str(exc):
-            return _verdict(False, "more than one statement" + _cut(length))
-        return _verdict(False, f"does not compile against the schema: {exc}{_cut(length)}")
-    except (sqlite3.Error, sqlite3.Warning, OverflowError, ValueError) as exc:
-        if seen and seen[-1][0] == sqlite3.SQLITE_PRAGMA:
-            return _verdict(False, "a PRAGMA (it acts when compiled: not verified)")
-        if budget.spent:
-            return _verdict(False, f"takes more than {_SQL_STEPS * _SQL_CHECKS} SQLite steps")
-        return _verdict(False, f"does not compile against the schema: {exc}{_cut(length)}")
-    finally:
-        db.close()
-    write = _write_named(seen, program) if read_only else None
-    if write is not None:
-        return _verdict(False, f"not read-only: {write}{_cut(length)}")
-    return _verdict(True, "compiles against the schema")
-
-
-class SqlSpec(VerifierSpecBase):
-    """`sql`: the answer (a surrounding ``` or ```sql fence stripped) is one SQL statement
-    that compiles against `schema` in SQLite (`EXPLAIN`: compiled, never run) and, when
-    `read_only`, only reads. The schema runs when the spec is checked and once more when it
-    is built, never per answer; pragmas in it are skipped and it reaches no file."""
-
-    kind: Literal["sql"] = "sql"
-    # SQLite DDL (seed rows may follow); `schema` would shadow a BaseModel method.
-    sql_schema: str = Field(alias="schema", min_length=1, max_length=MAX_SCHEMA_CHARS)
-    read_only: bool = True
-
-    @field_validator("sql_schema")
-    @classmethod
-    def _runs(cls, schema: str) -> str:
-        schema_image(schema)
-        return schema
-
-    def _check(self) -> Check:
-        # Each call deserializes a fresh copy into its own connection: threads share bytes only.
-        return partial(_check_sql, schema_image(self.sql_schema), self.read_only)
 
 
 AnyVerifierSpec = (

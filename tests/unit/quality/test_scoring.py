@@ -30,7 +30,7 @@ from gateway.quality.offload import ChildSettings, ScoringProcess
 from gateway.quality.records import Served, utc
 from gateway.quality.rewards import RewardScorer
 from gateway.quality.scoring import Scoring
-from gateway.quality.verifiers import Verdict, Verifier
+from gateway.quality.verdict import Verdict, Verifier
 from gateway.registry import database
 from gateway.registry.quality import NewScore, QualityStore
 from gateway.registry.schema import (

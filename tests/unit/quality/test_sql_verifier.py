@@ -10,7 +10,9 @@ import pytest
 from pydantic import TypeAdapter, ValidationError
 
 from gateway.quality.config import parse_scorer_config
-from gateway.quality.verifiers import MAX_SCHEMA_CHARS, SqlSpec, Verdict, VerifierSpec, build
+from gateway.quality.verdict import MAX_SCHEMA_CHARS, Verdict
+from gateway.quality.verifier_sql import SqlSpec
+from gateway.quality.verifiers import VerifierSpec, build
 
 SCHEMA = """
 CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT NOT NULL, city TEXT);

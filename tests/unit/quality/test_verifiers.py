@@ -10,9 +10,8 @@ import pytest
 from pydantic import TypeAdapter, ValidationError
 
 from gateway.quality import verifiers
+from gateway.quality.verdict import DETAIL_CHARS, MAX_ANSWER_CHARS, Verdict
 from gateway.quality.verifiers import (
-    DETAIL_CHARS,
-    MAX_ANSWER_CHARS,
     CapsShareSpec,
     JsonSchemaSpec,
     JsonSpec,
@@ -20,7 +19,6 @@ from gateway.quality.verifiers import (
     LengthSpec,
     RefusalSpec,
     RegexSpec,
-    Verdict,
     VerifierSpec,
     build,
     detector_languages,
