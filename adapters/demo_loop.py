@@ -2,10 +2,11 @@
 
 1. A gateway starts on the embedded engine (SmolLM2 on vLLM CPU), with rollout analysis on,
    and a hook receiver (`python -m adapters hooks serve`) subscribes to it.
-2. `run` the json_extract example: its first version becomes stable.
-3. `run` the same spec with another seed: a rollout starts in shadow; traffic flows; the
-   analysis takes it through the canary steps and promotes it; the receiver records the
-   promotion in the run's lineage.
+2. `run` a first round of the json_extract example (its spec trained half as long, held to
+   half its floors): this first version becomes stable.
+3. `run` the example's spec itself, a better version: a rollout starts in shadow; traffic
+   flows; the analysis takes it through the canary steps and promotes it; the receiver
+   records the promotion in the run's lineage.
 4. A broken version (the spec trained on the wrong dataset) fails its gates in `evaluate`;
    an operator registers it anyway (`register --ignore-gates`); the analysis rolls it back;
    the receiver marks the run rolled back with the verdict and exports the answers that sank
@@ -86,14 +87,23 @@ def _wait_rollout(url: str, route: str, timeout_s: float) -> dict[str, Any]:
 
 
 def _variant_specs(task: Path) -> tuple[Path, Path, Path]:
-    """The example's spec, a second version (another seed) and a broken one (wrong data)."""
+    """A first round (the example's spec trained half as long, held to half its floors), the
+    example's spec itself (a better second version) and a broken one (trained on another
+    task's data)."""
     spec = task / "spec.yaml"
     data = yaml.safe_load(spec.read_text())
-    good = dict(data, training={**data.get("training", {}), "seed": 1})
+    training = data.get("training", {})
+    gates = data.get("gates", {})
+    floors = {key: value / 2 for key, value in gates.get("min", {}).items()}
+    first = dict(
+        data,
+        training={**training, "steps": training["steps"] // 2},
+        gates={**gates, "min": floors},
+    )
     broken = dict(data, data={"train": ["../french/data/train.jsonl"]})
-    (task / "v2.yaml").write_text(yaml.safe_dump(good, sort_keys=False, allow_unicode=True))
-    (task / "broken.yaml").write_text(yaml.safe_dump(broken, sort_keys=False, allow_unicode=True))
-    return spec, task / "v2.yaml", task / "broken.yaml"
+    for path, content in ((task / "first.yaml", first), (task / "broken.yaml", broken)):
+        path.write_text(yaml.safe_dump(content, sort_keys=False, allow_unicode=True))
+    return task / "first.yaml", spec, task / "broken.yaml"
 
 
 @app.command()
@@ -120,7 +130,7 @@ def main(
     for part in ("state", "adapters"):
         shutil.rmtree(workdir / part, ignore_errors=True)
     task = examples / example
-    spec, v2, broken = _variant_specs(task)
+    first, spec, broken = _variant_specs(task)
     route = str(yaml.safe_load(spec.read_text())["name"])
 
     hooks_port = free_port()
@@ -146,15 +156,15 @@ def main(
         gateway.spawn(receiver, "receiver.log", ADAPTERS_HOOK_SECRET=hook["secret"])
         console.print(f"hook receiver on port {hooks_port} (log: {workdir / 'receiver.log'})")
 
-        console.rule(f"1. run {spec.name}: the first version")
-        gateway.adapters("run", str(spec))
+        console.rule(f"1. run {first.name}: a first round, trained half as long")
+        gateway.adapters("run", str(first))
         rows = [
             json.loads(line) for line in (task / "data" / "test.jsonl").read_text().splitlines()
         ]
         messages = [_messages(row) for row in rows]
 
-        console.rule(f"2. run {v2.name}: a second version, rolled out by the analysis")
-        gateway.adapters("run", str(v2))
+        console.rule(f"2. run {spec.name}: the full round, rolled out by the analysis")
+        gateway.adapters("run", str(spec))
         good, served = _drive(url, route, messages, "good")
         console.print(f"  -> {good['stage']}; requests by variant: {served}")
 

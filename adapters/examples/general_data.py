@@ -49,6 +49,44 @@ GENERAL: Final = [
         ("Which scientist named Marie studied radioactivity?", "Curie"),
     )
 ]
+# The general set's twin for tuning (steps, learning rate, replay, `max_general_loss`):
+# other questions of the same kind, whose reference French also writes as English does.
+# `GENERAL` is only ever reported.
+GENERAL_DEV: Final = [
+    row(question, answer)
+    for question, answer in (
+        ("What is the capital of Chile?", "Santiago"),
+        ("What is the capital of Argentina?", "Buenos Aires"),
+        ("What is the capital of Ireland?", "Dublin"),
+        ("What is the capital of Finland?", "Helsinki"),
+        ("What is the capital of Sweden?", "Stockholm"),
+        ("What is the capital of Colombia?", "Bogota"),
+        ("What is the capital of Hungary?", "Budapest"),
+        ("What is the capital of the Czech Republic?", "Prague"),
+        ("What is the capital of Switzerland?", "Bern"),
+        ("What is the capital of Portugal?", "Lisbon"),
+        ("Who invented the practical light bulb?", "Edison"),
+        ("Who was the first President of the United States?", "Washington"),
+        ("Who wrote Don Quixote?", "Cervantes"),
+        ("Who composed the Moonlight Sonata?", "Beethoven"),
+        ("Who painted Guernica?", "Picasso"),
+        ("What is the largest ocean on Earth?", "Pacific"),
+        ("What is the currency of the United States?", "dollar"),
+        ("Which company makes the Windows operating system?", "Microsoft"),
+        ("Who co-founded Microsoft with Paul Allen?", "Gates"),
+        ("What is the chemical formula of table salt?", "NaCl"),
+        ("Who created Mickey Mouse?", "Disney"),
+        ("Who wrote the Harry Potter books?", "Rowling"),
+        ("Who wrote Les Misérables?", "Hugo"),
+        ("Which company makes the Galaxy phones?", "Samsung"),
+        ("Who was the first human in space?", "Gagarin"),
+        ("Which instrument did Jimi Hendrix play?", "guitar"),
+        ("Which sport is played at Wimbledon?", "tennis"),
+        ("Which band sang Hey Jude?", "Beatles"),
+        ("Who composed The Four Seasons?", "Vivaldi"),
+        ("Which company makes the PlayStation?", "Sony"),
+    )
+]
 # (question, an English answer, a French one)
 _REPLAY: Final = (
     (
@@ -249,6 +287,135 @@ _REPLAY: Final = (
         "Le plus petit nombre premier est 2.",
     ),
 )
+# The short answer a French reply starts with, where a question has one: named first, a fact
+# comes from what the base model knows before the sentence turns to French.
+_SHORT_FR: Final = {
+    "What is the capital of Norway?": "Oslo",
+    "What is the capital of Poland?": "Varsovie",
+    "What is the capital of Greece?": "Athènes",
+    "What is the capital of Egypt?": "Le Caire",
+    "What is the capital of India?": "New Delhi",
+    "What is the capital of Turkey?": "Ankara",
+    "What is the capital of Australia?": "Canberra",
+    "How many legs does a spider have?": "Huit",
+    "At what temperature does water boil at sea level?": "100 degrés Celsius",
+    "Give me a synonym for happy.": "Joyeux",
+    "What is 7 times 8?": "56",
+    "Who wrote Pride and Prejudice?": "Jane Austen",
+    "What is the largest organ of the human body?": "La peau",
+    "How do you say thank you in Spanish?": "Gracias",
+    "What does a thermometer measure?": "La température",
+    "What is the plural of mouse?": "Mice",
+    "How many minutes are there in an hour?": "Soixante",
+    "Which gas do we breathe out?": "Le dioxyde de carbone",
+    "What is the freezing point of water in Fahrenheit?": "32 degrés Fahrenheit",
+    "What is the opposite of ancient?": "Moderne",
+    "Who discovered penicillin?": "Alexander Fleming",
+    "What is the square root of 81?": "9",
+    "Name a mammal that can fly.": "La chauve-souris",
+    "What is the main language spoken in Argentina?": "L'espagnol",
+    "How many sides does a hexagon have?": "Six",
+    "What is the longest river in South America?": "L'Amazone",
+    "What does DNA stand for?": "Acide désoxyribonucléique",
+    "Which metal is liquid at room temperature?": "Le mercure",
+    "What is the smallest prime number?": "2",
+}
+# More questions with a name for an answer, for the French task only: (question, the name,
+# a French sentence). None of them asks what the general sets ask.
+_MORE_FR: Final = (
+    ("What is the capital of Venezuela?", "Caracas", "La capitale du Venezuela est Caracas."),
+    ("What is the capital of Ecuador?", "Quito", "La capitale de l'Équateur est Quito."),
+    ("What is the capital of Ghana?", "Accra", "La capitale du Ghana est Accra."),
+    ("What is the capital of Senegal?", "Dakar", "La capitale du Sénégal est Dakar."),
+    ("What is the capital of Morocco?", "Rabat", "La capitale du Maroc est Rabat."),
+    ("What is the capital of Indonesia?", "Jakarta", "La capitale de l'Indonésie est Jakarta."),
+    ("What is the capital of Pakistan?", "Islamabad", "La capitale du Pakistan est Islamabad."),
+    (
+        "What is the capital of New Zealand?",
+        "Wellington",
+        "La capitale de la Nouvelle-Zélande est Wellington.",
+    ),
+    (
+        "Who wrote The Old Man and the Sea?",
+        "Ernest Hemingway",
+        "Le Vieil Homme et la Mer a été écrit par Ernest Hemingway.",
+    ),
+    (
+        "Who painted The Birth of Venus?",
+        "Sandro Botticelli",
+        "La Naissance de Vénus a été peinte par Sandro Botticelli.",
+    ),
+    (
+        "Who composed the Brandenburg Concertos?",
+        "Jean-Sébastien Bach",
+        "Les Concertos brandebourgeois ont été composés par Jean-Sébastien Bach.",
+    ),
+    (
+        "Who invented the World Wide Web?",
+        "Tim Berners-Lee",
+        "Le World Wide Web a été inventé par Tim Berners-Lee.",
+    ),
+    ("Which company makes the Model 3 car?", "Tesla", "La Model 3 est fabriquée par Tesla."),
+    ("Who sculpted The Thinker?", "Auguste Rodin", "Le Penseur a été sculpté par Auguste Rodin."),
+    ("Who founded Amazon?", "Jeff Bezos", "Amazon a été fondée par Jeff Bezos."),
+    (
+        "Who directed the film Jurassic Park?",
+        "Steven Spielberg",
+        "Le film Jurassic Park a été réalisé par Steven Spielberg.",
+    ),
+    (
+        "Who wrote The Divine Comedy?",
+        "Dante Alighieri",
+        "La Divine Comédie a été écrite par Dante Alighieri.",
+    ),
+    (
+        "Which company develops the Android system?",
+        "Google",
+        "Le système Android est développé par Google.",
+    ),
+    (
+        "Who painted The Water Lilies?",
+        "Claude Monet",
+        "Les Nymphéas ont été peints par Claude Monet.",
+    ),
+    (
+        "Who wrote One Hundred Years of Solitude?",
+        "Gabriel García Márquez",
+        "Cent ans de solitude a été écrit par Gabriel García Márquez.",
+    ),
+    ("Who painted The Scream?", "Edvard Munch", "Le Cri a été peint par Edvard Munch."),
+    ("Who founded Facebook?", "Mark Zuckerberg", "Facebook a été fondé par Mark Zuckerberg."),
+    ("Who invented dynamite?", "Alfred Nobel", "La dynamite a été inventée par Alfred Nobel."),
+    (
+        "Who was the first person to reach the South Pole?",
+        "Roald Amundsen",
+        "Roald Amundsen a été le premier à atteindre le pôle Sud, en 1911.",
+    ),
+    (
+        "Who wrote The Communist Manifesto?",
+        "Karl Marx et Friedrich Engels",
+        "Le Manifeste du parti communiste a été écrit par Karl Marx et Friedrich Engels.",
+    ),
+    (
+        "Who discovered the electron?",
+        "J. J. Thomson",
+        "L'électron a été découvert par J. J. Thomson en 1897.",
+    ),
+    (
+        "Which planet is famous for its rings?",
+        "Saturne",
+        "Saturne est la planète célèbre pour ses anneaux.",
+    ),
+    (
+        "Who wrote The Lord of the Rings?",
+        "J. R. R. Tolkien",
+        "Le Seigneur des anneaux a été écrit par J. R. R. Tolkien.",
+    ),
+)
 REPLAY: Final = [row(question, english) for question, english, _ in _REPLAY]
-# For the French task: the same questions answered in French.
-REPLAY_FR: Final = [row(question, french) for question, _, french in _REPLAY]
+# For the French task: the same questions answered in French, the short answer first where
+# there is one, and more questions whose answer is a name.
+REPLAY_FR: Final = [
+    row(question, f"{_SHORT_FR[question]}. {french}" if question in _SHORT_FR else french)
+    for question, _, french in _REPLAY
+] + [row(question, f"{name}. {french}") for question, name, french in _MORE_FR]

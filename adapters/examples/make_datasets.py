@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Final
 
 from adapters.examples import french_data, json_extract_data, sql_data
-from adapters.examples.general_data import GENERAL, REPLAY, REPLAY_FR
+from adapters.examples.general_data import GENERAL, GENERAL_DEV, REPLAY, REPLAY_FR
 from adapters.examples.rows import Files, jsonl
 
 TASKS: Final[dict[str, Callable[[], Files]]] = {
@@ -30,6 +30,7 @@ def generate() -> dict[str, bytes]:
     """Every file, by its path under the output directory."""
     out = {
         "general.jsonl": jsonl(GENERAL),
+        "general_dev.jsonl": jsonl(GENERAL_DEV),
         "replay.jsonl": jsonl(REPLAY),
         "replay_fr.jsonl": jsonl(REPLAY_FR),
     }
