@@ -162,11 +162,11 @@ def answer_loss(model: Any, input_ids: Any, attention: Any, labels: Any) -> Any:
     import torch
 
     inner = model.get_base_model()
-    hidden = inner.model(input_ids=input_ids, attention_mask=attention).last_hidden_state
+    hidden = inner.get_decoder()(input_ids=input_ids, attention_mask=attention).last_hidden_state
     # Position t predicts token t + 1.
     targets = labels[:, 1:]
     keep = targets != _IGNORE
-    logits = inner.lm_head(hidden[:, :-1][keep])
+    logits = inner.get_output_embeddings()(hidden[:, :-1][keep])
     return torch.nn.functional.cross_entropy(logits.float(), targets[keep])
 
 
