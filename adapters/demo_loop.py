@@ -40,18 +40,37 @@ app = typer.Typer(add_completion=False, help=__doc__)
 
 
 class Traffic(threading.Thread):
-    """Task prompts to the route from distinct users until stopped."""
+    """Task prompts to the route from distinct users until stopped, `in_flight` at a time
+    (the engine batches them; one at a time would leave the analysis waiting for samples)."""
 
-    def __init__(self, url: str, route: str, prompts: list[list[dict[str, str]]], tag: str) -> None:
+    def __init__(
+        self,
+        url: str,
+        route: str,
+        prompts: list[list[dict[str, str]]],
+        tag: str,
+        in_flight: int = 4,
+    ) -> None:
         super().__init__(daemon=True)
         self.url, self.route, self.prompts, self.tag = url, route, prompts, tag
+        self.in_flight = in_flight
         self.stopped = threading.Event()
         self.served: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._next = 0
 
     def run(self) -> None:
+        users = [threading.Thread(target=self._user, daemon=True) for _ in range(self.in_flight)]
+        for user in users:
+            user.start()
+        for user in users:
+            user.join()
+
+    def _user(self) -> None:
         with httpx.Client(timeout=120) as client:
-            i = 0
             while not self.stopped.is_set():
+                with self._lock:
+                    i, self._next = self._next, self._next + 1
                 body = {
                     "model": self.route,
                     "messages": self.prompts[i % len(self.prompts)],
@@ -61,11 +80,12 @@ class Traffic(threading.Thread):
                 }
                 try:
                     answer = client.post(f"{self.url}/v1/chat/completions", json=body)
-                    variant = answer.headers.get("x-variant", "stable")
-                    self.served[variant] = self.served.get(variant, 0) + 1
                 except httpx.HTTPError:
                     time.sleep(0.5)
-                i += 1
+                    continue
+                variant = answer.headers.get("x-variant", "stable")
+                with self._lock:
+                    self.served[variant] = self.served.get(variant, 0) + 1
 
 
 def _wait_rollout(url: str, route: str, timeout_s: float) -> dict[str, Any]:

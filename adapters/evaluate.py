@@ -199,9 +199,7 @@ def check_gates(loaded: LoadedSpec, results: Sequence[SetResult]) -> list[Gate]:
                     drop <= most + _TOLERANCE,
                     drop,
                     most,
-                    f"stable {old:.3f} → new {new:.3f}: {'lost' if drop > 0 else 'gained'} "
-                    f"{abs(drop):.3f} ({'≤' if drop <= most + _TOLERANCE else '>'} {most:.3f} "
-                    "allowed)",
+                    _change("stable", old, new, most),
                 )
             )
     if gates.max_general_loss is not None:
@@ -218,12 +216,20 @@ def check_gates(loaded: LoadedSpec, results: Sequence[SetResult]) -> list[Gate]:
                     loss <= most + _TOLERANCE,
                     loss,
                     most,
-                    f"base {base:.3f} → new {new:.3f}: {'lost' if loss > 0 else 'gained'} "
-                    f"{abs(loss):.3f} ({'≤' if loss <= most + _TOLERANCE else '>'} {most:.3f} "
-                    "allowed)",
+                    _change("base", base, new, most),
                 )
             )
     return out
+
+
+def _change(against: str, old: float, new: float, most: float) -> str:
+    """`stable 0.458 → new 0.608: gained 0.150`, or what was lost against what is allowed."""
+    head = f"{against} {old:.3f} → new {new:.3f}"
+    loss = old - new
+    if loss <= 0:
+        return f"{head}: gained {-loss:.3f}" if loss < 0 else f"{head}: unchanged"
+    within = loss <= most + _TOLERANCE
+    return f"{head}: lost {loss:.3f} ({'≤' if within else '>'} {most:.3f} allowed)"
 
 
 def _mean(result: SetResult | None, variant: str, metric: str) -> float | None:

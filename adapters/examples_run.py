@@ -15,6 +15,7 @@ import os
 import platform
 import shutil
 import subprocess
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -77,14 +78,21 @@ def main(
     with LocalGateway(workdir) as gateway:
         for task in TASKS:
             console.rule(f"{task}: run")
+            began = time.monotonic()
             if gateway.adapters("run", str(examples / task / "spec.yaml"), check=False) != 0:
                 failures.append(f"{task} failed")
                 continue
             results["tasks"][task] = _newest_report(examples / task)
+            results["tasks"][task]["run_seconds"] = time.monotonic() - began
         console.rule("json_extract/bad.yaml: trained on shuffled targets")
+        began = time.monotonic()
         code = gateway.adapters("run", str(examples / "json_extract" / "bad.yaml"), check=False)
         bad = _newest_report(examples / "json_extract")
-        results["bad"] = {"exit": code, "gates": [g for g in bad["gates"] if not g["passed"]]}
+        results["bad"] = {
+            "exit": code,
+            "gates": [g for g in bad["gates"] if not g["passed"]],
+            "run_seconds": time.monotonic() - began,
+        }
         if code != 1 or not results["bad"]["gates"]:
             failures.append("the bad adapter was not refused by its gates")
     (workdir / "examples.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -97,7 +105,8 @@ def main(
 def _table(results: dict[str, Any]) -> None:
     cpu = results["cpu"]
     table = Table(title=f"held-out metrics ({cpu['model']}, {', '.join(cpu['flags'])})")
-    for column in ("task", "metric", "base", "adapter", "rows", "excluded", "steps", "train s"):
+    columns = ("task", "metric", "base", "adapter", "rows", "excluded", "steps", "train s", "run s")
+    for column in columns:
         table.add_column(column, justify="left" if column in {"task", "metric"} else "right")
     for task, report in results["tasks"].items():
         held = report["sets"]["held_out"]
@@ -114,11 +123,14 @@ def _table(results: dict[str, Any]) -> None:
                 str(len(held["excluded"])),
                 str(report["steps"]),
                 f"{report['train_seconds']:.0f}",
+                f"{report['run_seconds']:.0f}",
             )
     console.print(table)
     bad = results.get("bad", {})
     for gate in bad.get("gates", []):
         console.print(f"bad adapter refused: {gate['gate']}: {gate['reason']}")
+    if "run_seconds" in bad:
+        console.print(f"bad adapter: exit {bad['exit']} after {bad['run_seconds']:.0f} s")
     subprocess.run(["uptime"], check=False)
 
 

@@ -20,6 +20,7 @@ import json
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import datetime
@@ -41,6 +42,7 @@ QUESTIONS = [
     "What is a volcano?", "How do I learn to swim?", "What makes bread rise?",
     "Where do rivers start?", "How do birds fly?", "What is thunder?", "Why is the sea salty?",
 ]  # fmt: skip
+ENDED = {"promoted", "rolled_back", "aborted"}
 PIRATE_VOICE = r"\b(arr+|ahoy|avast|matey|mateys|ye|yer|aye|hearty|hearties|savvy|yo ho)\b"
 
 
@@ -110,23 +112,35 @@ def _ask(url: str, route: str, user: str, question: str) -> httpx.Response:
 
 
 class Traffic(threading.Thread):
-    """Users asking the route through both gateways until stopped; what served them."""
+    """Users asking the route through both gateways until stopped, `in_flight` at a time (the
+    engine batches them); what served them."""
 
-    def __init__(self, urls: list[str], route: str, prefix: str) -> None:
+    def __init__(self, urls: list[str], route: str, prefix: str, in_flight: int = 4) -> None:
         super().__init__(daemon=True)
         self.urls, self.route, self.prefix = urls, route, prefix
+        self.in_flight = in_flight
         self.stopped = threading.Event()
         self.served: list[tuple[float, str | None, int]] = []
+        self._lock = threading.Lock()
+        self._next = 0
 
     def run(self) -> None:
-        i = 0
+        users = [threading.Thread(target=self._user, daemon=True) for _ in range(self.in_flight)]
+        for user in users:
+            user.start()
+        for user in users:
+            user.join()
+
+    def _user(self) -> None:
         while not self.stopped.is_set():
+            with self._lock:
+                i, self._next = self._next, self._next + 1
             url = self.urls[i % len(self.urls)]
             response = _ask(url, self.route, f"{self.prefix}-{i}", QUESTIONS[i % len(QUESTIONS)])
-            self.served.append(
-                (time.time(), response.headers.get("x-variant"), response.status_code)
-            )
-            i += 1
+            with self._lock:
+                self.served.append(
+                    (time.time(), response.headers.get("x-variant"), response.status_code)
+                )
 
     def canary_served(self) -> int:
         return sum(1 for _, variant, _ in self.served if variant == "canary")
@@ -136,14 +150,23 @@ def _status(url: str, route: str) -> dict[str, Any]:
     return answer_of(httpx.get(f"{url}/admin/rollouts/{route}", timeout=30))
 
 
-def _wait_stage(url: str, route: str, stages: set[str], timeout_s: float) -> dict[str, Any]:
+def _wait_stage(
+    url: str, route: str, stages: set[str], timeout_s: float, traffic: Traffic
+) -> dict[str, Any]:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         status = _status(url, route)
         if status["stage"] in stages:
             return status
         time.sleep(0.5)
-    raise AssertionError(f"{route} did not reach {stages}: {_status(url, route)}")
+    # What the analysis saw last and what the users got, to tell a slow engine from a stuck
+    # analysis.
+    analysis = httpx.get(f"{url}/admin/rollouts/{route}/analysis", timeout=30).json()
+    answers = Counter((variant, code) for _, variant, code in list(traffic.served))
+    raise AssertionError(
+        f"{route} did not reach {stages} in {timeout_s:.0f} s: {_status(url, route)}\n"
+        f"latest analysis: {analysis}\nanswers by (variant, status): {dict(answers)}"
+    )
 
 
 def _rollout(url: str, route: str, version: int, plan: dict[str, Any]) -> dict[str, Any]:
@@ -173,6 +196,9 @@ class ZeroWatch(threading.Thread):
                 time.sleep(0.005)
 
 
+# A guard against a hang, not a time target: on a cold cache the reseeded pirate is trained
+# first (float32 on a CPU without native bf16), then three rollouts run on the real engine.
+@pytest.mark.timeout(1800)
 def test_the_analysis_promotes_a_good_candidate_and_rolls_back_bad_ones(
     gateways: tuple[GatewayHandle, GatewayHandle],
     engine_assets: EngineAssets,
@@ -235,7 +261,7 @@ routes:
     traffic = Traffic([a.url, b.url], route, "good")
     traffic.start()
     try:
-        done = _wait_stage(a.url, route, {"promoted", "rolled_back", "aborted"}, timeout_s=900)
+        done = _wait_stage(a.url, route, ENDED, timeout_s=600, traffic=traffic)
     finally:
         traffic.stopped.set()
         traffic.join(timeout=180)
@@ -252,7 +278,7 @@ routes:
     traffic = Traffic([a.url, b.url], route, "shadowed")
     traffic.start()
     try:
-        done = _wait_stage(b.url, route, {"promoted", "rolled_back", "aborted"}, timeout_s=600)
+        done = _wait_stage(b.url, route, ENDED, timeout_s=300, traffic=traffic)
     finally:
         traffic.stopped.set()
         traffic.join(timeout=180)
@@ -274,7 +300,7 @@ routes:
     traffic = Traffic([a.url, b.url], route, "canary")
     traffic.start()
     try:
-        done = _wait_stage(a.url, route, {"promoted", "rolled_back", "aborted"}, timeout_s=600)
+        done = _wait_stage(a.url, route, ENDED, timeout_s=300, traffic=traffic)
         for watch in watches:
             watch.join(timeout=30)
     finally:

@@ -198,6 +198,10 @@ def test_bad_spec_and_dataset_lines_name_file_and_line(
     assert f"{tmp_path / 'data/train.jsonl'}:41:" in bad.stderr.replace("\n", "")
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
 def test_an_interrupted_training_leaves_no_output(
     gateway: GatewayHandle, tmp_path: Path, how: signal.Signals
@@ -211,6 +215,9 @@ def test_an_interrupted_training_leaves_no_output(
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        # A suite started in the background of a script inherits SIGINT ignored, and Python
+        # keeps an ignored SIGINT ignored: give the child Ctrl-C as a terminal would.
+        preexec_fn=_default_sigint,
     )
     deadline = time.monotonic() + 120
     while not list(runs.glob(".*.tmp-*")) and time.monotonic() < deadline:
