@@ -135,6 +135,10 @@ def main(
 ) -> None:
     """Run the whole loop and print what happened at each step."""
     started = time.monotonic()
+
+    def at() -> str:
+        return f"{time.monotonic() - started:.0f} s"
+
     workdir.mkdir(parents=True, exist_ok=True)
     examples = workdir / "examples"
     runs_keep = {}
@@ -176,26 +180,26 @@ def main(
         gateway.spawn(receiver, "receiver.log", ADAPTERS_HOOK_SECRET=hook["secret"])
         console.print(f"hook receiver on port {hooks_port} (log: {workdir / 'receiver.log'})")
 
-        console.rule(f"1. run {first.name}: a first round, trained half as long")
+        console.rule(f"1. run {first.name}: a first round, trained half as long ({at()})")
         gateway.adapters("run", str(first))
         rows = [
             json.loads(line) for line in (task / "data" / "test.jsonl").read_text().splitlines()
         ]
         messages = [_messages(row) for row in rows]
 
-        console.rule(f"2. run {spec.name}: the full round, rolled out by the analysis")
+        console.rule(f"2. run {spec.name}: the full round, rolled out by the analysis ({at()})")
         gateway.adapters("run", str(spec))
         good, served = _drive(url, route, messages, "good")
-        console.print(f"  -> {good['stage']}; requests by variant: {served}")
+        console.print(f"  -> {good['stage']} at {at()}; requests by variant: {served}")
 
-        console.rule(f"3. {broken.name}: trained on the wrong data")
+        console.rule(f"3. {broken.name}: trained on the wrong data ({at()})")
         code = gateway.adapters("evaluate", str(broken), check=False)
         console.print(
             f"  evaluate exited {code}: the gates refuse it; an operator pushes it anyway"
         )
         gateway.adapters("register", str(broken), "--ignore-gates")
         bad, served = _drive(url, route, messages, "bad")
-        console.print(f"  -> {bad['stage']}; requests by variant: {served}")
+        console.print(f"  -> {bad['stage']} at {at()}; requests by variant: {served}")
         found = _wait_counterexamples(task, route, bad["candidate_version"], 120)
 
         console.rule("the loop closed")
@@ -205,8 +209,7 @@ def main(
         if lines:
             console.print(lines[0][:400], soft_wrap=True, markup=False)
         console.print(
-            f"good version: {good['stage']}; broken version: {bad['stage']}; "
-            f"{time.monotonic() - started:.0f} s in all"
+            f"good version: {good['stage']}; broken version: {bad['stage']}; {at()} in all"
         )
     if good["stage"] != "promoted" or bad["stage"] != "rolled_back":
         raise SystemExit(1)
