@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import threading
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -32,6 +31,7 @@ import yaml
 from rich.console import Console
 
 from adapters.local_gateway import REPO, LocalGateway, free_port
+from adapters.users import Users
 
 EXAMPLES = REPO / "adapters" / "examples"
 ROUTE_TERMINAL = {"promoted", "rolled_back", "aborted"}
@@ -39,7 +39,7 @@ console = Console()
 app = typer.Typer(add_completion=False, help=__doc__)
 
 
-class Traffic(threading.Thread):
+class Traffic(Users):
     """Task prompts to the route from distinct users until stopped, `in_flight` at a time
     (the engine batches them; one at a time would leave the analysis waiting for samples)."""
 
@@ -51,41 +51,31 @@ class Traffic(threading.Thread):
         tag: str,
         in_flight: int = 4,
     ) -> None:
-        super().__init__(daemon=True)
+        super().__init__(in_flight)
         self.url, self.route, self.prompts, self.tag = url, route, prompts, tag
-        self.in_flight = in_flight
-        self.stopped = threading.Event()
         self.served: dict[str, int] = {}
-        self._lock = threading.Lock()
-        self._next = 0
+        self._client = httpx.Client(timeout=120)
 
     def run(self) -> None:
-        users = [threading.Thread(target=self._user, daemon=True) for _ in range(self.in_flight)]
-        for user in users:
-            user.start()
-        for user in users:
-            user.join()
+        with self._client:
+            super().run()
 
-    def _user(self) -> None:
-        with httpx.Client(timeout=120) as client:
-            while not self.stopped.is_set():
-                with self._lock:
-                    i, self._next = self._next, self._next + 1
-                body = {
-                    "model": self.route,
-                    "messages": self.prompts[i % len(self.prompts)],
-                    "max_tokens": 96,
-                    "temperature": 0.0,
-                    "user": f"{self.tag}-{i}",
-                }
-                try:
-                    answer = client.post(f"{self.url}/v1/chat/completions", json=body)
-                except httpx.HTTPError:
-                    time.sleep(0.5)
-                    continue
-                variant = answer.headers.get("x-variant", "stable")
-                with self._lock:
-                    self.served[variant] = self.served.get(variant, 0) + 1
+    def ask(self, i: int) -> None:
+        body = {
+            "model": self.route,
+            "messages": self.prompts[i % len(self.prompts)],
+            "max_tokens": 96,
+            "temperature": 0.0,
+            "user": f"{self.tag}-{i}",
+        }
+        try:
+            answer = self._client.post(f"{self.url}/v1/chat/completions", json=body)
+        except httpx.HTTPError:
+            time.sleep(0.5)
+            return
+        variant = answer.headers.get("x-variant", "stable")
+        with self.lock:
+            self.served[variant] = self.served.get(variant, 0) + 1
 
 
 def _wait_rollout(url: str, route: str, timeout_s: float) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from typing import Any
 import httpx
 import pytest
 
+from adapters.users import Users
 from gateway.testing.adapters import copy_adapter
 from gateway.testing.processes import GatewayHandle, Processes, answer_of, postgres_database
 from tests.integration.conftest import CACHE_DIR, EngineAssets, SharedEngine, served_name
@@ -111,36 +112,22 @@ def _ask(url: str, route: str, user: str, question: str) -> httpx.Response:
     return httpx.post(f"{url}/v1/chat/completions", json=body, timeout=120)
 
 
-class Traffic(threading.Thread):
+class Traffic(Users):
     """Users asking the route through both gateways until stopped, `in_flight` at a time (the
     engine batches them); what served them."""
 
     def __init__(self, urls: list[str], route: str, prefix: str, in_flight: int = 4) -> None:
-        super().__init__(daemon=True)
+        super().__init__(in_flight)
         self.urls, self.route, self.prefix = urls, route, prefix
-        self.in_flight = in_flight
-        self.stopped = threading.Event()
         self.served: list[tuple[float, str | None, int]] = []
-        self._lock = threading.Lock()
-        self._next = 0
 
-    def run(self) -> None:
-        users = [threading.Thread(target=self._user, daemon=True) for _ in range(self.in_flight)]
-        for user in users:
-            user.start()
-        for user in users:
-            user.join()
-
-    def _user(self) -> None:
-        while not self.stopped.is_set():
-            with self._lock:
-                i, self._next = self._next, self._next + 1
-            url = self.urls[i % len(self.urls)]
-            response = _ask(url, self.route, f"{self.prefix}-{i}", QUESTIONS[i % len(QUESTIONS)])
-            with self._lock:
-                self.served.append(
-                    (time.time(), response.headers.get("x-variant"), response.status_code)
-                )
+    def ask(self, i: int) -> None:
+        url = self.urls[i % len(self.urls)]
+        response = _ask(url, self.route, f"{self.prefix}-{i}", QUESTIONS[i % len(QUESTIONS)])
+        with self.lock:
+            self.served.append(
+                (time.time(), response.headers.get("x-variant"), response.status_code)
+            )
 
     def canary_served(self) -> int:
         return sum(1 for _, variant, _ in self.served if variant == "canary")
