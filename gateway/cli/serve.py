@@ -68,8 +68,8 @@ def _prepare(settings: Settings) -> dict[str, Path]:
 
     model_dir = settings.resolved_model_dir
     if settings.engine.model_dir is None:
-        model_dir = prepare_base_model(settings.cache_dir, settings.engine.checkpoint)
-        console.print(f"base model ({settings.engine.checkpoint}): {model_dir}", soft_wrap=True)
+        model_dir = prepare_base_model(settings.cache_dir, settings.prepared_checkpoint)
+        console.print(f"base model ({settings.resolved_checkpoint}): {model_dir}", soft_wrap=True)
     # The demo adapters are trained on the embedded model's bf16 original.
     bf16_dir = convert_gguf(settings.cache_dir)
     console.print(f"bf16 base model (adapters train on it): {bf16_dir}", soft_wrap=True)

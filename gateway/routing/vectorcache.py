@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gateway.engine.cpu import cpu_flags
 from gateway.routing.embedder import DIMENSIONS, Embedder, OnnxEmbedder, Vectors, file_sha256
 from gateway.routing.npzfile import from_json_array, json_array, read_arrays, write_arrays
 
@@ -31,17 +32,11 @@ MAX_TEXTS = 50_000
 ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "avx512_bf16")
 
 
-@cache
 def cpu_kind() -> str:
     """The CPU features int8 results depend on, e.g. "avx2+avx512f+avx512_vnni"."""
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
+    flags = cpu_flags()
+    if not flags:
         return "unknown"
-    flags = next(
-        (line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")),
-        [],
-    )
     return "+".join(flag for flag in ISA_FLAGS if flag in flags) or "baseline"
 
 

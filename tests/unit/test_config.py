@@ -99,3 +99,61 @@ def test_the_registry_poll_is_fast_on_sqlite_and_a_safety_net_on_postgresql(
 ) -> None:
     settings = Settings(state_dir=tmp_path, database_url=database_url, registry_poll_s=poll_s)
     assert settings.resolved_registry_poll_s == expected
+
+
+@pytest.mark.parametrize(
+    ("flags", "checkpoint", "directory", "dtype"),
+    [
+        # AVX2 only: no int8 dot products, float32 is faster.
+        ({"avx2", "fma"}, "float32", "bf16", "float32"),
+        ({"avx2", "avx512f", "avx512_vnni"}, "w8a8", "w8a8", None),
+        ({"avx2", "avx_vnni"}, "w8a8", "w8a8", None),
+        ({"avx2", "avx512f", "amx_int8", "amx_bf16"}, "w8a8", "w8a8", None),
+    ],
+)
+def test_auto_checkpoint_follows_the_cpu(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    flags: set[str],
+    checkpoint: str,
+    directory: str,
+    dtype: str | None,
+) -> None:
+    from gateway import config
+
+    monkeypatch.setattr(config, "cpu_flags", lambda: frozenset(flags))
+    monkeypatch.setenv("GATEWAY_CACHE_DIR", str(tmp_path))
+    settings = Settings()
+    assert settings.engine.checkpoint == "auto"
+    assert settings.resolved_checkpoint == checkpoint
+    assert settings.resolved_model_dir == tmp_path / "models" / f"smollm2-135m-instruct-{directory}"
+    assert settings.resolved_engine_dtype == dtype
+
+
+def test_a_chosen_checkpoint_or_dtype_wins_over_the_cpu(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from gateway import config
+
+    monkeypatch.setattr(config, "cpu_flags", lambda: frozenset({"avx2"}))
+    monkeypatch.setenv("GATEWAY_ENGINE__CHECKPOINT", "w8a8")
+    assert (Settings().resolved_checkpoint, Settings().resolved_engine_dtype) == ("w8a8", None)
+    monkeypatch.setenv("GATEWAY_ENGINE__CHECKPOINT", "float32")
+    monkeypatch.setenv("GATEWAY_ENGINE__DTYPE", "bfloat16")
+    assert Settings().resolved_engine_dtype == "bfloat16"
+    monkeypatch.delenv("GATEWAY_ENGINE__DTYPE")
+    # A model of your own is served as vLLM reads it unless a dtype is given.
+    monkeypatch.setenv("GATEWAY_ENGINE__MODEL_DIR", str(tmp_path / "mine"))
+    assert Settings().resolved_engine_dtype is None
+    assert Settings().resolved_model_dir == tmp_path / "mine"
+
+
+def test_cpu_flags_read_the_first_cpu(tmp_path: Path) -> None:
+    from gateway.engine.cpu import auto_checkpoint, cpu_flags
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor : 0\nflags : fpu avx2 avx512_vnni\n\nprocessor : 1\nflags : fpu\n")
+    assert cpu_flags(info) == {"fpu", "avx2", "avx512_vnni"}
+    assert auto_checkpoint(cpu_flags(info)) == "w8a8"
+    assert cpu_flags(tmp_path / "missing") == frozenset()
+    assert auto_checkpoint(frozenset()) == "float32"

@@ -16,6 +16,7 @@ import pytest
 from typer.testing import CliRunner, Result
 
 import gateway
+from gateway import config
 from gateway.cli import app
 from gateway.engine import basemodel
 from gateway.quality import rewards
@@ -64,9 +65,14 @@ class Preparation:
         return [reward_dir / "pirate"]
 
 
+# A CPU with int8 dot products, where `auto` serves the int8 W8A8 checkpoint.
+VNNI_CPU = frozenset({"avx2", "avx512f", "avx512_vnni"})
+
+
 @pytest.fixture
 def prepared(monkeypatch: pytest.MonkeyPatch) -> Preparation:
     fake = Preparation()
+    monkeypatch.setattr(config, "cpu_flags", lambda: VNNI_CPU)
     # `prepare` imports these when it runs, so the module attributes are what it calls.
     monkeypatch.setattr(basemodel, "prepare_base_model", fake.base_model)
     monkeypatch.setattr(basemodel, "convert_gguf", fake.bf16)
@@ -112,6 +118,18 @@ def test_prepare_json_reports_the_same_places_as_the_settings(
     # What a person would read goes to stderr, where it does not spoil the JSON.
     assert "quantizing..." in result.stderr
     assert f"base model (w8a8): {cache / 'models' / 'smollm2-135m-instruct-w8a8'}" in result.stderr
+
+
+def test_prepare_serves_float32_where_the_cpu_has_no_int8_dot_products(
+    prepared: Preparation, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(config, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
+    result = invoke("prepare", "--json")
+    assert result.exit_code == 0, result.output
+    bf16_dir = tmp_path / "cache" / "models" / "smollm2-135m-instruct-bf16"
+    assert json.loads(result.stdout)["model_dir"] == str(bf16_dir)
+    assert prepared.calls[0] == ("base_model", "bf16")
+    assert f"base model (float32): {bf16_dir}" in result.stderr
 
 
 def test_prepare_follows_the_checkpoint_and_adapter_root_settings(
