@@ -8,6 +8,7 @@ not a local copy, measures what is served: the engine's quantized base with the 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -24,8 +25,8 @@ from adapters.train import Example
 GENERAL: Final = "general"
 # Means of a few hundred rows: a drop of exactly the allowance must pass (0.8 - 0.7 > 0.1).
 _TOLERANCE: Final = 1e-9
-# Requests in flight per variant: the engine batches them.
-CONCURRENCY: Final = 16
+# Requests in flight, over every set and variant at once: the engine batches them.
+CONCURRENCY: Final = 32
 # Called as each set's answers come back: (set, variant, answered, total).
 Progress = Callable[[str, str, int, int], None]
 
@@ -90,24 +91,36 @@ def eval_sets(
 
 def answer_all(
     client: GatewayClient,
-    model: str,
-    rows: Sequence[Example],
+    jobs: Sequence[tuple[str, Sequence[Example]]],
     max_tokens: int,
-    progress: Callable[[int], None] | None = None,
-) -> list[str]:
-    """Greedy answers of `model` to every row, in order."""
-    done = 0
+    progress: Callable[[int, int], None] | None = None,
+) -> list[list[str]]:
+    """Greedy answers of each job's model to each of its rows, in order.
 
-    def one(row: Example) -> str:
-        nonlocal done
+    Every job's rows share one pool of `CONCURRENCY` requests, so the engine's batch stays
+    full across sets and variants instead of draining at the end of each small set;
+    `progress(job, answered)` follows each job."""
+    done = [0] * len(jobs)
+    lock = threading.Lock()
+
+    def one(item: tuple[int, str, Example]) -> str:
+        job, model, row = item
         text = client.complete(model, row.messages(), max_tokens)
-        done += 1
+        with lock:
+            done[job] += 1
+            count = done[job]
         if progress is not None:
-            progress(done)
+            progress(job, count)
         return text
 
+    items = [(job, model, row) for job, (model, rows) in enumerate(jobs) for row in rows]
     with ThreadPoolExecutor(CONCURRENCY) as pool:
-        return list(pool.map(one, rows))
+        answers = list(pool.map(one, items))
+    out: list[list[str]] = []
+    for _, rows in jobs:
+        out.append(answers[: len(rows)])
+        del answers[: len(rows)]
+    return out
 
 
 def evaluate(
@@ -122,6 +135,15 @@ def evaluate(
     fixture = None
     if spec.task.sql_fixture is not None:
         fixture = loaded.path(spec.task.sql_fixture).read_text(encoding="utf-8")
+    pairs = [(eval_set, variant) for eval_set in sets for variant in variants]
+
+    def tick(job: int, answered: int) -> None:
+        if progress is not None:
+            eval_set, variant = pairs[job]
+            progress(eval_set.name, variant, answered, len(eval_set.rows))
+
+    jobs = [(variants[variant], eval_set.rows) for eval_set, variant in pairs]
+    answered = iter(answer_all(client, jobs, spec.evaluation.max_tokens, tick))
     results = []
     for eval_set in sets:
         scorer = TaskMetrics(eval_set.metrics, spec.task.verifiers, fixture)
@@ -130,16 +152,8 @@ def evaluate(
             len(eval_set.rows),
             [{"row": o.index + 1, "kind": o.kind, "detail": o.detail} for o in eval_set.excluded],
         )
-        for variant, model in variants.items():
-            tick = None
-            if progress is not None:
-
-                def tick(
-                    done: int, name: str = eval_set.name, v: str = variant, n: int = result.rows
-                ) -> None:
-                    progress(name, v, done, n)
-
-            answers = answer_all(client, model, eval_set.rows, spec.evaluation.max_tokens, tick)
+        for variant in variants:
+            answers = next(answered)
             scores = [
                 scorer.score(answer, row.response, row.prompt)
                 for answer, row in zip(answers, eval_set.rows, strict=True)
