@@ -19,6 +19,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from gateway.config import DEFAULT_CACHE_DIR
+from gateway.engine.cpu import auto_checkpoint, cpu_flags
 from gateway.testing.processes import wait_until_ok
 from gateway.testing.server import free_port
 from gateway.upstream.launcher import EngineProcess, EngineSpec
@@ -26,7 +27,10 @@ from gateway.upstream.supervisor import read_pid_file
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE_DIR = Path(os.environ.get("GATEWAY_CACHE_DIR", str(DEFAULT_CACHE_DIR)))
-CHECKPOINT = os.environ.get("GATEWAY_ENGINE__CHECKPOINT", "w8a8")
+# The checkpoint the gateway's own default serves on this CPU (int8 W8A8 with VNNI or AMX,
+# float32 elsewhere), unless one is asked for.
+CHECKPOINT = os.environ.get("GATEWAY_ENGINE__CHECKPOINT", "auto")
+SERVED = auto_checkpoint(cpu_flags()) if CHECKPOINT == "auto" else CHECKPOINT
 BASE_NAME = "smollm2-135m-instruct"
 
 
@@ -38,6 +42,8 @@ class EngineAssets:
     bf16_dir: Path
     adapter_root: Path
     adapters: dict[str, Path]
+    # vLLM's `--dtype` for `model_dir` (float32 for the float32 checkpoint; None: its own).
+    dtype: str | None = None
 
 
 @pytest.fixture(scope="session")
@@ -47,7 +53,7 @@ def engine_assets() -> EngineAssets:
     from gateway.engine.basemodel import convert_gguf, prepare_base_model
 
     bf16 = convert_gguf(CACHE_DIR)
-    model_dir = prepare_base_model(CACHE_DIR, CHECKPOINT)
+    model_dir = prepare_base_model(CACHE_DIR, "bf16" if SERVED == "float32" else SERVED)
     adapter_root = CACHE_DIR / "adapters"
     adapters = ensure_demo_adapters(bf16, adapter_root)
     # The demo routes' reward heads, where the gateways started here look for them.
@@ -55,7 +61,8 @@ def engine_assets() -> EngineAssets:
     from gateway.routing.embedder import load_embedder
 
     ensure_demo_heads(CACHE_DIR / "reward", load_embedder(CACHE_DIR))
-    return EngineAssets(model_dir, bf16, adapter_root, adapters)
+    dtype = "float32" if SERVED == "float32" else None
+    return EngineAssets(model_dir, bf16, adapter_root, adapters, dtype)
 
 
 @pytest.fixture(scope="session")
@@ -112,6 +119,7 @@ def start_gateway(tmp: Path, assets: EngineAssets, **env: str) -> GatewayProcess
         "GATEWAY_ADAPTER_ROOT": str(assets.adapter_root),
         "GATEWAY_BASE_MODEL_NAME": BASE_NAME,
         "GATEWAY_ENGINE__MODEL_DIR": str(assets.model_dir),
+        **({"GATEWAY_ENGINE__DTYPE": assets.dtype} if assets.dtype else {}),
         "GATEWAY_ENGINE__PORT": str(free_port()),
         "GATEWAY_HEALTH_INTERVAL_S": "0.5",
         **env,
@@ -187,6 +195,7 @@ def shared_engine(
     log_file = tmp_path_factory.mktemp("shared-engine") / "vllm.log"
     spec = EngineSpec(
         model_dir=engine_assets.model_dir,
+        dtype=engine_assets.dtype,
         served_name="base",
         port=free_port(),
         max_loras=SHARED_SLOTS,

@@ -241,6 +241,7 @@ def run_without_fix(
     log_file = tmp_path_factory.mktemp("engine-nofix") / "vllm.log"
     spec = EngineSpec(
         model_dir=engine_assets.model_dir,
+        dtype=engine_assets.dtype,
         served_name=BASE,
         port=free_port(),
         # Every slot filled: with a free last slot the bug stays invisible.
