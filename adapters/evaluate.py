@@ -94,10 +94,11 @@ def answer_all(
     jobs: Sequence[tuple[str, Sequence[Example]]],
     max_tokens: int,
     progress: Callable[[int, int], None] | None = None,
+    concurrency: int = CONCURRENCY,
 ) -> list[list[str]]:
     """Greedy answers of each job's model to each of its rows, in order.
 
-    Every job's rows share one pool of `CONCURRENCY` requests, so the engine's batch stays
+    Every job's rows share one pool of `concurrency` requests, so the engine's batch stays
     full across sets and variants instead of draining at the end of each small set;
     `progress(job, answered)` follows each job."""
     done = [0] * len(jobs)
@@ -114,7 +115,7 @@ def answer_all(
         return text
 
     items = [(job, model, row) for job, (model, rows) in enumerate(jobs) for row in rows]
-    with ThreadPoolExecutor(CONCURRENCY) as pool:
+    with ThreadPoolExecutor(concurrency) as pool:
         answers = list(pool.map(one, items))
     out: list[list[str]] = []
     for _, rows in jobs:

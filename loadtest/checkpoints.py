@@ -21,9 +21,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-import adapters.evaluate as evaluation
 from adapters.client import GatewayClient
 from adapters.data import read_dataset
+from adapters.evaluate import answer_all
 from adapters.local_gateway import REPO, LocalGateway
 from gateway.config import Settings
 from loadtest.common import machine, machine_line, run_guarded, write_json
@@ -44,11 +44,10 @@ def measure(checkpoint: str, concurrencies: list[int], max_tokens: int) -> list[
     ):
         base = client.base_model()
         # A first batch compiles and warms the engine's shapes.
-        evaluation.answer_all(client, [(base, rows[:8])], max_tokens)
+        answer_all(client, [(base, rows[:8])], max_tokens)
         for concurrency in concurrencies:
-            evaluation.CONCURRENCY = concurrency
             started = time.perf_counter()
-            evaluation.answer_all(client, [(base, rows)], max_tokens)
+            answer_all(client, [(base, rows)], max_tokens, concurrency=concurrency)
             seconds = time.perf_counter() - started
             results.append(
                 {

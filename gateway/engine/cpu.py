@@ -3,9 +3,9 @@ embedded checkpoint that serves fastest on it.
 
 Measured through the gateway on a 2-core AMD EPYC with AVX2 only (no VNNI), the JSON
 example's 120 held-out prompts answered by the base model, 64 tokens each, 32 in flight: the
-int8 W8A8 checkpoint took 119 s, the same model in float32 73.5 s. Without int8 dot-product
-instructions vLLM's int8 products are slower than float32 ones; with them (VNNI, AMX) int8
-is the faster and smaller base (docs/benchmarks.md).
+int8 W8A8 checkpoint took 115 s, the same model in float32 75 s (`loadtest.checkpoints`).
+Without int8 dot-product instructions vLLM's int8 products are slower than float32 ones; with
+them (VNNI, AMX) int8 is the faster and smaller base (docs/benchmarks.md).
 """
 
 from __future__ import annotations

@@ -64,3 +64,10 @@ def test_no_jobs_no_requests() -> None:
     assert answer_all(client, [], 8) == []  # type: ignore[arg-type]
     assert answer_all(client, [("m", [])], 8) == [[]]  # type: ignore[arg-type]
     assert client.most == 0 and CONCURRENCY >= 16
+
+
+def test_the_pool_holds_at_most_its_concurrency() -> None:
+    client = SlowClient()
+    jobs = [("a", [Example(f"q{i}", "r") for i in range(30)])]
+    assert len(answer_all(client, jobs, 8, concurrency=3)[0]) == 30  # type: ignore[arg-type]
+    assert client.most == 3
