@@ -1,5 +1,5 @@
 """Train, evaluate and register every example task end to end, and show the gates refusing
-the deliberately bad one: `python -m adapters.examples_run` (scripts/examples.sh; a CI step).
+the deliberately bad one: `python -m adapters.examples_run` (scripts/examples.sh).
 
 A gateway starts on the embedded engine under `--workdir`; each example's spec is `run`
 (its first version becomes stable), then the bad spec (trained on shuffled targets) must be
