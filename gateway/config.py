@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from gateway.engine.cpu import auto_checkpoint, cpu_flags
+from gateway.engine import cpu
 
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "lora-gateway"
 
@@ -352,15 +352,12 @@ class Settings(BaseSettings):
     def resolved_checkpoint(self) -> str:
         """The embedded checkpoint served: `engine.checkpoint`, with "auto" picked for this
         CPU (int8 W8A8 where it has int8 dot products, float32 elsewhere)."""
-        if self.engine.checkpoint != "auto":
-            return self.engine.checkpoint
-        return auto_checkpoint(cpu_flags())
+        return cpu.served_checkpoint(self.engine.checkpoint)
 
     @property
     def prepared_checkpoint(self) -> str:
         """The checkpoint directory to prepare: float32 is served from the bf16 one."""
-        checkpoint = self.resolved_checkpoint
-        return "bf16" if checkpoint == "float32" else checkpoint
+        return cpu.stored_checkpoint(self.resolved_checkpoint)
 
     @property
     def resolved_model_dir(self) -> Path:
@@ -374,7 +371,7 @@ class Settings(BaseSettings):
         """vLLM's `--dtype`: `engine.dtype`, else float32 for the float32 checkpoint."""
         if self.engine.dtype is not None or self.engine.model_dir is not None:
             return self.engine.dtype
-        return "float32" if self.resolved_checkpoint == "float32" else None
+        return cpu.served_dtype(self.resolved_checkpoint)
 
     @property
     def upstreams(self) -> list[str]:

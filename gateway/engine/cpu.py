@@ -35,3 +35,18 @@ def auto_checkpoint(flags: frozenset[str]) -> str:
     """The embedded checkpoint `auto` stands for on a CPU with these flags: int8 W8A8 where
     the CPU has int8 dot products, the float original served in float32 elsewhere."""
     return "w8a8" if flags & INT8_DOT_FLAGS else "float32"
+
+
+def served_checkpoint(choice: str) -> str:
+    """The checkpoint a setting names, with "auto" picked for this CPU."""
+    return auto_checkpoint(cpu_flags()) if choice == "auto" else choice
+
+
+def stored_checkpoint(checkpoint: str) -> str:
+    """The prepared directory a served checkpoint comes from: float32 from the bf16 one."""
+    return "bf16" if checkpoint == "float32" else checkpoint
+
+
+def served_dtype(checkpoint: str) -> str | None:
+    """vLLM's `--dtype` for a served checkpoint (None: the checkpoint's own)."""
+    return "float32" if checkpoint == "float32" else None

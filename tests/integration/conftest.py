@@ -19,7 +19,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from gateway.config import DEFAULT_CACHE_DIR
-from gateway.engine.cpu import auto_checkpoint, cpu_flags
+from gateway.engine.cpu import served_checkpoint, served_dtype, stored_checkpoint
 from gateway.testing.processes import wait_until_ok
 from gateway.testing.server import free_port
 from gateway.upstream.launcher import EngineProcess, EngineSpec
@@ -30,7 +30,7 @@ CACHE_DIR = Path(os.environ.get("GATEWAY_CACHE_DIR", str(DEFAULT_CACHE_DIR)))
 # The checkpoint the gateway's own default serves on this CPU (int8 W8A8 with VNNI or AMX,
 # float32 elsewhere), unless one is asked for.
 CHECKPOINT = os.environ.get("GATEWAY_ENGINE__CHECKPOINT", "auto")
-SERVED = auto_checkpoint(cpu_flags()) if CHECKPOINT == "auto" else CHECKPOINT
+SERVED = served_checkpoint(CHECKPOINT)
 BASE_NAME = "smollm2-135m-instruct"
 
 
@@ -53,7 +53,7 @@ def engine_assets() -> EngineAssets:
     from gateway.engine.basemodel import convert_gguf, prepare_base_model
 
     bf16 = convert_gguf(CACHE_DIR)
-    model_dir = prepare_base_model(CACHE_DIR, "bf16" if SERVED == "float32" else SERVED)
+    model_dir = prepare_base_model(CACHE_DIR, stored_checkpoint(SERVED))
     adapter_root = CACHE_DIR / "adapters"
     adapters = ensure_demo_adapters(bf16, adapter_root)
     # The demo routes' reward heads, where the gateways started here look for them.
@@ -61,8 +61,7 @@ def engine_assets() -> EngineAssets:
     from gateway.routing.embedder import load_embedder
 
     ensure_demo_heads(CACHE_DIR / "reward", load_embedder(CACHE_DIR))
-    dtype = "float32" if SERVED == "float32" else None
-    return EngineAssets(model_dir, bf16, adapter_root, adapters, dtype)
+    return EngineAssets(model_dir, bf16, adapter_root, adapters, served_dtype(SERVED))
 
 
 @pytest.fixture(scope="session")

@@ -119,9 +119,9 @@ def test_auto_checkpoint_follows_the_cpu(
     directory: str,
     dtype: str | None,
 ) -> None:
-    from gateway import config
+    from gateway.engine import cpu
 
-    monkeypatch.setattr(config, "cpu_flags", lambda: frozenset(flags))
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: frozenset(flags))
     monkeypatch.setenv("GATEWAY_CACHE_DIR", str(tmp_path))
     settings = Settings()
     assert settings.engine.checkpoint == "auto"
@@ -133,9 +133,9 @@ def test_auto_checkpoint_follows_the_cpu(
 def test_a_chosen_checkpoint_or_dtype_wins_over_the_cpu(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from gateway import config
+    from gateway.engine import cpu
 
-    monkeypatch.setattr(config, "cpu_flags", lambda: frozenset({"avx2"}))
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: frozenset({"avx2"}))
     monkeypatch.setenv("GATEWAY_ENGINE__CHECKPOINT", "w8a8")
     assert (Settings().resolved_checkpoint, Settings().resolved_engine_dtype) == ("w8a8", None)
     monkeypatch.setenv("GATEWAY_ENGINE__CHECKPOINT", "float32")

@@ -16,9 +16,8 @@ import pytest
 from typer.testing import CliRunner, Result
 
 import gateway
-from gateway import config
 from gateway.cli import app
-from gateway.engine import basemodel
+from gateway.engine import basemodel, cpu
 from gateway.quality import rewards
 from gateway.routing import embedder
 
@@ -72,7 +71,7 @@ VNNI_CPU = frozenset({"avx2", "avx512f", "avx512_vnni"})
 @pytest.fixture
 def prepared(monkeypatch: pytest.MonkeyPatch) -> Preparation:
     fake = Preparation()
-    monkeypatch.setattr(config, "cpu_flags", lambda: VNNI_CPU)
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: VNNI_CPU)
     # `prepare` imports these when it runs, so the module attributes are what it calls.
     monkeypatch.setattr(basemodel, "prepare_base_model", fake.base_model)
     monkeypatch.setattr(basemodel, "convert_gguf", fake.bf16)
@@ -123,7 +122,7 @@ def test_prepare_json_reports_the_same_places_as_the_settings(
 def test_prepare_serves_float32_where_the_cpu_has_no_int8_dot_products(
     prepared: Preparation, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(config, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
     result = invoke("prepare", "--json")
     assert result.exit_code == 0, result.output
     bf16_dir = tmp_path / "cache" / "models" / "smollm2-135m-instruct-bf16"
