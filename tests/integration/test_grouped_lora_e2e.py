@@ -6,6 +6,10 @@ ops with the isolation fix, eager, as vLLM runs LoRA on the CPU), one with the d
 (grouped ops, compiled). Each request runs alone, greedy, so each answer depends only on
 the model and its adapter; every answer must match word for word, and every adapter must
 still answer in its own style (so the comparison is not between two broken engines).
+
+Where the suite's shared engine is that second engine (it serves the float32 checkpoint, as
+on CPUs without int8 dot products), it answers instead of a new one: which slot an adapter
+sits in does not change a lone request's answer.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import pytest
 from gateway.testing.server import free_port
 from gateway.upstream.launcher import EngineProcess, EngineSpec, engine_plugin_env
 
-from .conftest import EngineAssets
+from .conftest import SERVED, EngineAssets, SharedEngine
 
 pytestmark = pytest.mark.integration
 
@@ -58,23 +62,29 @@ def _run(assets: EngineAssets, ops: str, prompts: tuple[str, ...], log_file: Pat
     )
     engine = EngineProcess(spec)
     engine.start()
-    answers: dict[tuple[str, str], str] = {}
     try:
-        with httpx.Client(base_url=engine.url, timeout=600.0) as client:
-            for model in (BASE, *(_served(a) for a in ADAPTERS)):
-                for prompt in prompts:
-                    body = {
-                        "model": model,
-                        "messages": [{"role": "user", "content": prompt}],
-                        "max_tokens": MAX_TOKENS,
-                        "temperature": 0.0,
-                    }
-                    response = client.post("/v1/chat/completions", json=body)
-                    response.raise_for_status()
-                    answers[model, prompt] = response.json()["choices"][0]["message"]["content"]
+        answers = _answers(engine.url, prompts)
     finally:
         engine.stop()
     return OpsRun(answers, log_file.read_text(errors="replace"))
+
+
+def _answers(url: str, prompts: tuple[str, ...]) -> dict[tuple[str, str], str]:
+    """Each model's greedy answer to each prompt, one request at a time."""
+    answers: dict[tuple[str, str], str] = {}
+    with httpx.Client(base_url=url, timeout=600.0) as client:
+        for model in (BASE, *(_served(a) for a in ADAPTERS)):
+            for prompt in prompts:
+                body = {
+                    "model": model,
+                    "messages": [{"role": "user", "content": prompt}],
+                    "max_tokens": MAX_TOKENS,
+                    "temperature": 0.0,
+                }
+                response = client.post("/v1/chat/completions", json=body)
+                response.raise_for_status()
+                answers[model, prompt] = response.json()["choices"][0]["message"]["content"]
+    return answers
 
 
 @pytest.fixture(scope="module")
@@ -94,9 +104,14 @@ def vllm_run(
 
 @pytest.fixture(scope="module")
 def grouped_run(
-    engine_assets: EngineAssets, prompts: tuple[str, ...], tmp_path_factory: pytest.TempPathFactory
+    engine_assets: EngineAssets, prompts: tuple[str, ...], request: pytest.FixtureRequest
 ) -> OpsRun:
-    log_file = tmp_path_factory.mktemp("ops-grouped") / "engine.log"
+    if SERVED == "float32":
+        shared: SharedEngine = request.getfixturevalue("shared_engine")
+        assert set(ADAPTERS) <= set(shared.adapters)
+        return OpsRun(_answers(shared.url, prompts), shared.log())
+    factory: pytest.TempPathFactory = request.getfixturevalue("tmp_path_factory")
+    log_file = factory.mktemp("ops-grouped") / "engine.log"
     return _run(engine_assets, "grouped", prompts, log_file)
 
 
