@@ -7,6 +7,7 @@ unchanged spec finds everything done and changes nothing.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -41,7 +42,7 @@ from adapters.pipeline import (
     register,
     train_run,
 )
-from adapters.spec import LoadedSpec
+from adapters.spec import LoadedSpec, check_base_layers
 from adapters.train import compute_dtype, device_name
 
 
@@ -105,10 +106,17 @@ def _bar(console: Console, label: str) -> Iterator[Progress]:
         yield progress
 
 
+def base_layers(base_dir: Path) -> int:
+    """How many layers the base model has (its `config.json`)."""
+    config = json.loads((base_dir / "config.json").read_text(encoding="utf-8"))
+    return int(config["num_hidden_layers"])
+
+
 def train_step(ctx: Context) -> tuple[Path, PreparedData]:
     """Read the data and train, unless this exact run exists: (run dir, data)."""
     spec = ctx.loaded.spec
     data = prepare_data(ctx.loaded)
+    check_base_layers(ctx.loaded, base_layers(ctx.base_dir))
     config = spec.train_config(len(data.training))
     device = device_name()
     ctx.console.print(

@@ -68,6 +68,8 @@ class TrainConfig:
         "up_proj",
         "down_proj",
     )
+    # LoRA on the last `top_layers` layers only (None: every layer).
+    top_layers: int | None = None
     learning_rate: float = 3e-3
     steps: int = 20
     batch_size: int = 8
@@ -81,9 +83,12 @@ class TrainConfig:
     bf16_autocast: bool = True
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready form (tuples become lists)."""
+        """Plain JSON-ready form (tuples become lists; `top_layers` only when set, so the
+        fingerprints of runs from before it existed stay the same)."""
         data = asdict(self)
         data["target_modules"] = list(self.target_modules)
+        if self.top_layers is None:
+            del data["top_layers"]
         return data
 
 
@@ -170,6 +175,29 @@ def answer_loss(model: Any, input_ids: Any, attention: Any, labels: Any) -> Any:
     return torch.nn.functional.cross_entropy(logits.float(), targets[keep])
 
 
+def top_layers(config: TrainConfig, layers: int) -> list[int] | None:
+    """The indices of the layers that get LoRA (None: all `layers` of the base model)."""
+    if config.top_layers is None:
+        return None
+    if config.top_layers > layers:
+        raise ValueError(f"top_layers is {config.top_layers}; the base model has {layers} layers")
+    return list(range(layers - config.top_layers, layers))
+
+
+def lora_config(config: TrainConfig, layers: int) -> Any:
+    """peft's `LoraConfig` for a base model of `layers` layers."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=config.rank,
+        lora_alpha=config.alpha,
+        lora_dropout=config.dropout,
+        target_modules=list(config.target_modules),
+        layers_to_transform=top_layers(config, layers),
+        task_type="CAUSAL_LM",
+    )
+
+
 def _batches(count: int, batch_size: int, seed: int) -> Iterator[list[int]]:
     """Endless reshuffled epochs of example indices, cut into fixed-size batches."""
     rng = random.Random(seed)
@@ -232,7 +260,7 @@ def _fit(
     base_model_id: str = BASE_MODEL_ID,
 ) -> TrainResult:
     import torch
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -246,15 +274,8 @@ def _fit(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     # float32 weights: bf16 updates at this learning rate would round away on a short run.
     base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-    lora = LoraConfig(
-        r=config.rank,
-        lora_alpha=config.alpha,
-        lora_dropout=config.dropout,
-        target_modules=list(config.target_modules),
-        task_type="CAUSAL_LM",
-    )
     device = device_name()
-    model = get_peft_model(base, lora).to(device)
+    model = get_peft_model(base, lora_config(config, base.config.num_hidden_layers)).to(device)
     model.train()
     encoded = [_encode(tokenizer, ex, config.max_length) for ex in examples]
     params = [p for p in model.parameters() if p.requires_grad]

@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
+from safetensors.numpy import load_file
 
 from adapters.train import sweep_strays
 from gateway.testing.processes import GatewayHandle, Processes
@@ -46,7 +47,8 @@ def _spec(root: Path, **changes: Any) -> Path:
     with (data / "general.jsonl").open("w") as out:
         for row in GENERAL:
             out.write(json.dumps(row) + "\n")
-    lora = changes.get("lora", "{r: 2, alpha: 4, target_modules: [q_proj]}")
+    # On the top layers only: the engine and the registry take such an adapter too.
+    lora = changes.get("lora", "{r: 2, alpha: 4, target_modules: [q_proj], top_layers: 8}")
     text = f"""\
 name: {changes.get("name", "loud")}
 base_model: {{id: {changes.get("base", "HuggingFaceTB/SmolLM2-135M-Instruct")}}}
@@ -138,6 +140,10 @@ def test_run_makes_a_first_version_stable_and_a_second_starts_a_rollout(
     assert len(manifest["base_model_sha256"]) == 64
     assert manifest["datasets"][0]["rows"] == 40
     assert manifest["artifact"]["sha256"] and manifest["spec"]["content"]["name"] == "loud"
+    # LoRA on the last 8 of SmolLM2's 30 layers only, and the engine serves it (below).
+    weights = load_file(run_dir / "adapter_model.safetensors")
+    layers = {int(key.split(".layers.")[1].split(".")[0]) for key in weights}
+    assert layers == set(range(22, 30))
     report = json.loads((run_dir / "evaluation.json").read_text())
     assert set(report["variants"]) == {"candidate", "base"}  # no stable version yet
     assert report["sets"]["held_out"]["rows"] == 6

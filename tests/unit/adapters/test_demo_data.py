@@ -103,6 +103,7 @@ def test_fingerprint_changes_with_data_config_and_base() -> None:
     assert reference == fingerprint(list(data), TrainConfig(), base)
     assert reference != fingerprint([Example("a", "c")], TrainConfig(), base)
     assert reference != fingerprint(data, TrainConfig(steps=21), base)
+    assert reference != fingerprint(data, TrainConfig(top_layers=15), base)
     assert reference != fingerprint(data, TrainConfig(), Path("/models/other"))
 
 

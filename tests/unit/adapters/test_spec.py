@@ -7,6 +7,7 @@ import yaml
 
 from adapters.spec import (
     SpecError,
+    check_base_layers,
     line_of,
     load_spec,
     missing_files,
@@ -337,3 +338,28 @@ def test_train_config_carries_the_lora_and_training_settings() -> None:
         64,
         9,
     )
+
+
+def test_top_layers_reach_the_trainer_and_default_to_every_layer() -> None:
+    assert parse_spec(MINIMAL).train_config(rows=10).top_layers is None
+    text = MINIMAL + "lora:\n  top_layers: 15\n"
+
+    assert parse_spec(text).train_config(rows=10).top_layers == 15
+
+
+def test_no_top_layers_is_refused_on_its_line() -> None:
+    problems = problems_of(MINIMAL + "lora:\n  r: 4\n  top_layers: 0\n")
+
+    assert len(problems) == 1
+    assert problems[0].startswith("spec.yaml:8: lora.top_layers: ")
+
+
+def test_more_top_layers_than_the_base_has_are_refused_on_their_line(tmp_path: Path) -> None:
+    file = write_spec(tmp_path, MINIMAL + "lora:\n  r: 4\n  top_layers: 31\n")
+    loaded = load_spec(file)
+    check_base_layers(loaded, 31)
+
+    with pytest.raises(SpecError) as caught:
+        check_base_layers(loaded, 30)
+
+    assert caught.value.problems == [f"{file}:8: lora.top_layers: 31 > the base model's 30 layers"]
