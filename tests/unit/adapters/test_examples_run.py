@@ -3,9 +3,12 @@ held-out set's main metric."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from adapters.examples_run import CLEAR_MARGIN, MAIN_METRIC, TASKS, _shortfall
+from typer.testing import CliRunner
+
+from adapters.examples_run import CLEAR_MARGIN, MAIN_METRIC, TASKS, _shortfall, app
 
 
 def report(metric: str, base: float, new: float) -> dict[str, Any]:
@@ -24,3 +27,13 @@ def test_a_clear_gain_passes_and_a_small_one_is_named() -> None:
     why = _shortfall("json_extract", report("exact_match", 0.40, 0.55))
 
     assert why == "json_extract: held-out exact_match 0.400 → 0.550, less than 0.2 above base"
+
+
+def test_an_unknown_task_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    workdir = tmp_path / "work"
+
+    result = CliRunner().invoke(app, ["--workdir", str(workdir), "--task", "sql", "--task", "x"])
+
+    assert result.exit_code == 2
+    assert "no example x" in result.output
+    assert not workdir.exists()
