@@ -10,20 +10,11 @@ peft = pytest.importorskip("peft")
 transformers = pytest.importorskip("transformers")
 
 from adapters.train import _IGNORE, answer_loss  # noqa: E402
+from gateway.testing.models import tiny_llama  # noqa: E402
 
 
 def _tiny_lora_model() -> object:
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=97,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=True,
-    )
-    base = transformers.LlamaForCausalLM(config)
+    base = tiny_llama()
     lora = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"])
     model = peft.get_peft_model(base, lora)
     # LoRA's B starts at zero: move it so that the adapter takes part in the loss.

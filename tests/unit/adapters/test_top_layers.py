@@ -10,6 +10,7 @@ peft = pytest.importorskip("peft")
 transformers = pytest.importorskip("transformers")
 
 from adapters.train import TrainConfig, lora_config, top_layers  # noqa: E402
+from gateway.testing.models import tiny_llama  # noqa: E402
 
 
 def test_every_layer_gets_lora_unless_top_layers_is_set() -> None:
@@ -31,17 +32,7 @@ def _layer_of(name: str) -> int:
 
 
 def test_lora_sits_on_the_top_layers_and_the_lower_ones_get_no_gradient() -> None:
-    torch.manual_seed(0)
-    base = transformers.LlamaForCausalLM(
-        transformers.LlamaConfig(
-            vocab_size=97,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-        )
-    )
+    base = tiny_llama(num_hidden_layers=4)
     config = TrainConfig(rank=4, alpha=8, target_modules=("q_proj", "down_proj"), top_layers=1)
     model = peft.get_peft_model(base, lora_config(config, 4))
     trained = [name for name, p in model.named_parameters() if p.requires_grad]

@@ -23,6 +23,7 @@ from gateway.engine.quantize import (  # noqa: E402
     quantize_checkpoint,
     symmetric_scale,
 )
+from gateway.testing.models import tiny_llama  # noqa: E402
 
 PROJECTIONS = (
     "self_attn.q_proj",
@@ -37,18 +38,9 @@ CHAT_TEMPLATE = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
 
 
 def _tiny_llama(target: Path) -> Path:
-    config = transformers.LlamaConfig(
-        vocab_size=256,
-        hidden_size=128,
-        intermediate_size=192,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        tie_word_embeddings=True,
-    )
-    torch.manual_seed(0)
-    model = transformers.LlamaForCausalLM(config).to(torch.bfloat16)
+    model = tiny_llama(
+        vocab_size=256, hidden_size=128, intermediate_size=192, max_position_embeddings=64
+    ).to(torch.bfloat16)
     model.save_pretrained(target)
     (target / "chat_template.jinja").write_text(CHAT_TEMPLATE)
     (target / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 64}))
