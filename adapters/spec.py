@@ -260,11 +260,15 @@ class LoadedSpec:
         """Where this spec's runs go."""
         return self.path(self.spec.output) / self.spec.name
 
-    def problem(self, field: list[int | str], text: str) -> str:
-        """A problem with one field, as `file:line: field: text`."""
+    def problem(self, field: str, text: str) -> str:
+        """A problem with one field (`data.train[0]`, `lora.top_layers`), as
+        `file:line: field: text`."""
+        parts: list[int | str] = []
+        for piece in re.split(r"\.|\[(\d+)\]", field):
+            if piece:
+                parts.append(int(piece) if piece.isdigit() else piece)
         tree = yaml.compose(self.text, Loader=yaml.SafeLoader)
-        where = ".".join(str(part) for part in field)
-        return f"{self.file}:{line_of(tree, field)}: {where}: {text}"
+        return f"{self.file}:{line_of(tree, parts)}: {field}: {text}"
 
 
 def check_base_layers(loaded: LoadedSpec, layers: int) -> None:
@@ -272,7 +276,7 @@ def check_base_layers(loaded: LoadedSpec, layers: int) -> None:
     top = loaded.spec.lora.top_layers
     if top is not None and top > layers:
         raise SpecError(
-            [loaded.problem(["lora", "top_layers"], f"{top} > the base model's {layers} layers")]
+            [loaded.problem("lora.top_layers", f"{top} > the base model's {layers} layers")]
         )
 
 
@@ -376,14 +380,8 @@ def spec_paths(loaded: LoadedSpec) -> Iterator[tuple[str, Path]]:
 
 def missing_files(loaded: LoadedSpec) -> list[str]:
     """A problem line for every named file that does not exist."""
-    tree = yaml.compose(loaded.text, Loader=yaml.SafeLoader)
-    problems = []
-    for field, path in spec_paths(loaded):
-        if not path.is_file():
-            parts: list[int | str] = []
-            for piece in re.split(r"\.|\[(\d+)\]", field):
-                if piece:
-                    parts.append(int(piece) if piece.isdigit() else piece)
-            line = line_of(tree, parts)
-            problems.append(f"{loaded.file}:{line}: {field}: no such file {path}")
-    return problems
+    return [
+        loaded.problem(field, f"no such file {path}")
+        for field, path in spec_paths(loaded)
+        if not path.is_file()
+    ]

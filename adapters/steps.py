@@ -7,7 +7,6 @@ unchanged spec finds everything done and changes nothing.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -44,6 +43,7 @@ from adapters.pipeline import (
 )
 from adapters.spec import LoadedSpec, check_base_layers
 from adapters.train import compute_dtype, device_name
+from gateway.registry.validation import BaseModelInfo
 
 
 class StepFailed(RuntimeError):
@@ -106,17 +106,12 @@ def _bar(console: Console, label: str) -> Iterator[Progress]:
         yield progress
 
 
-def base_layers(base_dir: Path) -> int:
-    """How many layers the base model has (its `config.json`)."""
-    config = json.loads((base_dir / "config.json").read_text(encoding="utf-8"))
-    return int(config["num_hidden_layers"])
-
-
 def train_step(ctx: Context) -> tuple[Path, PreparedData]:
     """Read the data and train, unless this exact run exists: (run dir, data)."""
     spec = ctx.loaded.spec
     data = prepare_data(ctx.loaded)
-    check_base_layers(ctx.loaded, base_layers(ctx.base_dir))
+    base = BaseModelInfo.from_model_dir(ctx.base_dir.name, ctx.base_dir)
+    check_base_layers(ctx.loaded, base.num_layers)
     config = spec.train_config(len(data.training))
     device = device_name()
     ctx.console.print(
