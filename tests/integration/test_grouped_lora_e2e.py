@@ -24,7 +24,7 @@ import pytest
 from gateway.testing.server import free_port
 from gateway.upstream.launcher import EngineProcess, EngineSpec, engine_plugin_env
 
-from .conftest import SERVED, EngineAssets, SharedEngine
+from .conftest import EngineAssets, SharedEngine
 
 pytestmark = pytest.mark.integration
 
@@ -106,7 +106,9 @@ def vllm_run(
 def grouped_run(
     engine_assets: EngineAssets, prompts: tuple[str, ...], request: pytest.FixtureRequest
 ) -> OpsRun:
-    if SERVED == "float32":
+    # The shared engine serves `model_dir` with `dtype` and the plugin's defaults (grouped,
+    # compiled): the grouped engine of this test when that is the bf16 checkpoint in float32.
+    if (engine_assets.model_dir, engine_assets.dtype) == (engine_assets.bf16_dir, "float32"):
         shared: SharedEngine = request.getfixturevalue("shared_engine")
         assert set(ADAPTERS) <= set(shared.adapters)
         return OpsRun(_answers(shared.url, prompts), shared.log())
