@@ -215,23 +215,31 @@ def test_an_interrupted_training_leaves_no_output(
     spec = _spec(tmp_path, name="stopped", steps=400)
     runs = tmp_path / "runs/stopped"
     env = {**os.environ, "GATEWAY_CACHE_DIR": str(CACHE_DIR)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "adapters", "train", str(spec)],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        # A suite started in the background of a script inherits SIGINT ignored, and Python
-        # keeps an ignored SIGINT ignored: give the child Ctrl-C as a terminal would.
-        preexec_fn=_default_sigint,
-    )
+    log = tmp_path / "train.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "adapters", "train", str(spec)],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            # A suite started in the background of a script inherits SIGINT ignored, and Python
+            # keeps an ignored SIGINT ignored: give the child Ctrl-C as a terminal would.
+            preexec_fn=_default_sigint,
+        )
     deadline = time.monotonic() + 120
     while not list(runs.glob(".*.tmp-*")) and time.monotonic() < deadline:
         assert proc.poll() is None, "training ended before it was interrupted"
         time.sleep(0.2)
     time.sleep(3.0)  # well into the steps
     proc.send_signal(how)
-    proc.wait(timeout=60)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        # Not left training beside the rest of the suite.
+        proc.kill()
+        proc.wait()
+        pytest.fail(f"{how.name} did not stop the training in 60 s; it said:\n{log.read_text()}")
     done = [p for p in runs.iterdir() if not p.name.startswith(".")]
     assert done == []  # nothing that looks done
     strays = list(runs.glob(".*.tmp-*"))
