@@ -15,11 +15,14 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from adapters import row_attention
+from adapters.batching import IGNORE, Step, collate, encode, epochs
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +30,6 @@ BASE_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 MANIFEST = "manifest.json"
-_IGNORE = -100
 
 
 @dataclass(frozen=True)
@@ -143,34 +145,25 @@ def _sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _encode(tokenizer: Any, example: Example, max_length: int) -> tuple[list[int], list[int]]:
-    """Token ids and labels; only the answer (and its end marker) carries loss."""
-    prompt_text = tokenizer.apply_chat_template(
-        example.messages(),
-        tokenize=False,
-        add_generation_prompt=True,
-    )
-    prompt_ids: list[int] = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
-    # The end-of-turn token is part of the target so the adapter learns to stop.
-    answer_ids: list[int] = tokenizer(
-        example.response + tokenizer.eos_token, add_special_tokens=False
-    )["input_ids"]
-    ids = (prompt_ids + answer_ids)[:max_length]
-    labels = ([_IGNORE] * len(prompt_ids) + answer_ids)[:max_length]
-    return ids, labels
-
-
-def answer_loss(model: Any, input_ids: Any, attention: Any, labels: Any) -> Any:
+def answer_loss(model: Any, step: Step) -> Any:
     """Mean cross-entropy of the answer tokens, as the model's own loss gives it, with the
     output layer (a fifth of the model's weights, 49,152 words wide) applied to the answer
-    positions only rather than to every prompt token too."""
+    positions only rather than to every prompt token too. The step's rows lie end to end:
+    the model's attention keeps each row to itself, by their restarting positions (with no
+    attention mask and no cache, transformers' own attention does too)."""
     import torch
 
     inner = model.get_base_model()
-    hidden = inner.get_decoder()(input_ids=input_ids, attention_mask=attention).last_hidden_state
-    # Position t predicts token t + 1.
-    targets = labels[:, 1:]
-    keep = targets != _IGNORE
+    device = next(model.parameters()).device
+    hidden = inner.get_decoder()(
+        input_ids=step.input_ids.to(device),
+        position_ids=step.position_ids.to(device),
+        use_cache=False,
+    ).last_hidden_state
+    # Position t predicts token t + 1. A row starts with its prompt, whose labels are
+    # IGNORE, so a row's last position takes no loss from the row packed after it.
+    targets = step.labels[:, 1:].to(device)
+    keep = targets != IGNORE
     logits = inner.get_output_embeddings()(hidden[:, :-1][keep])
     return torch.nn.functional.cross_entropy(logits.float(), targets[keep])
 
@@ -196,19 +189,6 @@ def lora_config(config: TrainConfig, layers: int) -> Any:
         layers_to_transform=top_layers(config, layers),
         task_type="CAUSAL_LM",
     )
-
-
-def _batches(count: int, batch_size: int, seed: int) -> Iterator[list[int]]:
-    """Endless reshuffled epochs of example indices, cut into fixed-size batches."""
-    rng = random.Random(seed)
-    order: list[int] = []
-    while True:
-        while len(order) < batch_size:
-            epoch = list(range(count))
-            rng.shuffle(epoch)
-            order.extend(epoch)
-        yield order[:batch_size]
-        del order[:batch_size]
 
 
 def _lr_factor(step: int, config: TrainConfig) -> float:
@@ -238,6 +218,12 @@ def device_name() -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def attention_for(device: str) -> str:
+    """The attention transformers computes a step's rows with: per row on the CPU
+    (`adapters.row_attention`), torch's fused kernels with the rows' mask elsewhere."""
+    return row_attention.register() if device == "cpu" else "sdpa"
 
 
 def compute_dtype(config: TrainConfig, device: str) -> str:
@@ -271,13 +257,14 @@ def _fit(
     random.seed(config.seed)
 
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    # float32 weights: bf16 updates at this learning rate would round away on a short run.
-    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
     device = device_name()
+    # float32 weights: bf16 updates at this learning rate would round away on a short run.
+    base = AutoModelForCausalLM.from_pretrained(
+        base_dir, dtype=torch.float32, attn_implementation=attention_for(device)
+    )
     model = get_peft_model(base, lora_config(config, base.config.num_hidden_layers)).to(device)
     model.train()
-    encoded = [_encode(tokenizer, ex, config.max_length) for ex in examples]
+    encoded = [encode(tokenizer, ex, config.max_length) for ex in examples]
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, config))
@@ -286,19 +273,11 @@ def _fit(
     log.info("training on %s with %s matmuls", device, "bf16" if autocast else "float32")
     losses: list[float] = []
     started = time.perf_counter()
-    batches = _batches(len(encoded), config.batch_size, config.seed)
+    batches = epochs(len(encoded), config.batch_size, config.seed)
     for step in range(config.steps):
-        rows = [encoded[i] for i in next(batches)]
-        width = max(len(ids) for ids, _ in rows)
-        input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-        labels = torch.full((len(rows), width), _IGNORE, dtype=torch.long)
-        attention = torch.zeros((len(rows), width), dtype=torch.long)
-        for row, (ids, labs) in enumerate(rows):
-            input_ids[row, : len(ids)] = torch.tensor(ids)
-            labels[row, : len(labs)] = torch.tensor(labs)
-            attention[row, : len(ids)] = 1
+        step_tensors = collate([encoded[i] for i in next(batches)])
         with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
-            loss = answer_loss(model, input_ids.to(device), attention.to(device), labels.to(device))
+            loss = answer_loss(model, step_tensors)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
