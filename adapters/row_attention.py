@@ -3,9 +3,9 @@ causally, to itself only (its positions restart at 0).
 
 Putting a step's rows on one line leaves no padding for the linear layers, which do most
 of the work: 13 to 25% of a padded step of the example tasks was padding. Attention is
-computed per row with plain matmuls and a softmax rather than with torch's fused CPU
-kernel, whose backward pass, on rows this short (40 to 130 tokens), cost a fifth of a bf16
-step by itself. Registered with transformers as `ATTENTION` and used on the CPU; any
+computed per row with plain matmuls and a softmax, in float32, rather than with torch's
+fused CPU kernel, whose backward pass, on rows this short (40 to 130 tokens), cost a fifth
+of a bf16 step by itself. Registered with transformers as `ATTENTION` and used on the CPU; any
 device can compute the same with `sdpa`, from which transformers builds the same mask.
 """
 
@@ -49,14 +49,16 @@ def row_attention(
     longest = max(end - start for _, start, end in spans)
     causal = torch.ones(longest, longest, dtype=torch.bool, device=query.device).tril()
     out = torch.empty_like(query)
-    for line, start, end in spans:
-        q = query[line, :, start:end]
-        k = key[line, :, start:end].repeat_interleave(groups, dim=0)
-        v = value[line, :, start:end].repeat_interleave(groups, dim=0)
-        scores = (q @ k.transpose(-1, -2)) * scale
-        scores = scores.masked_fill(~causal[: end - start, : end - start], float("-inf"))
-        weights = torch.softmax(scores.float(), dim=-1).to(v.dtype)
-        out[line, :, start:end] = weights @ v
+    # In float32 whatever the autocast: scores rounded to bf16 before the softmax lose what
+    # torch's fused kernels keep (they accumulate and normalise in float32 too).
+    with torch.autocast(query.device.type, enabled=False):
+        for line, start, end in spans:
+            q = query[line, :, start:end].float()
+            k = key[line, :, start:end].float().repeat_interleave(groups, dim=0)
+            v = value[line, :, start:end].float().repeat_interleave(groups, dim=0)
+            scores = (q @ k.transpose(-1, -2)) * scale
+            scores = scores.masked_fill(~causal[: end - start, : end - start], float("-inf"))
+            out[line, :, start:end] = torch.softmax(scores, dim=-1) @ v
     return out.transpose(1, 2).contiguous(), None
 
 
