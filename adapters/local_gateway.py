@@ -8,9 +8,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import httpx
 
@@ -61,6 +63,7 @@ class LocalGateway:
             **env,
         }
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.previous_handler: Any = None
 
     def spawn(self, args: list[str], log: str, **env: str) -> subprocess.Popen[bytes]:
         """Start a Python module of this repository beside the gateway, logging to `log`."""
@@ -78,6 +81,10 @@ class LocalGateway:
 
     def __enter__(self) -> LocalGateway:
         (self.workdir / "adapters").mkdir(parents=True, exist_ok=True)
+        # SIGTERM takes Ctrl-C's path while the gateway runs, so that a script stopped with
+        # `kill` stops its gateway and engine too instead of leaving them running.
+        if threading.current_thread() is threading.main_thread():
+            self.previous_handler = signal.signal(signal.SIGTERM, signal.default_int_handler)
         gateway = self.spawn(["-m", "gateway.cli", "serve"], "gateway.log")
         try:
             # A first engine start compiles the model: minutes on a small CPU.
@@ -97,6 +104,9 @@ class LocalGateway:
 
     def stop(self) -> None:
         """SIGTERM every process started here, SIGKILL what does not stop within a minute."""
+        if self.previous_handler is not None:
+            signal.signal(signal.SIGTERM, self.previous_handler)
+            self.previous_handler = None
         for proc in self.procs:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
