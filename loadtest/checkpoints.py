@@ -26,7 +26,7 @@ from adapters.data import read_dataset
 from adapters.evaluate import answer_all
 from adapters.local_gateway import REPO, LocalGateway
 from gateway.config import Settings
-from loadtest.common import machine, machine_line, run_guarded, write_json
+from loadtest.common import finish, machine_line, run_guarded
 
 PROMPTS = REPO / "adapters" / "examples" / "json_extract" / "data" / "test.jsonl"
 console = Console()
@@ -92,18 +92,14 @@ def main(
             f"{ratio:.2f}",
         )
     console.print(table)
-    console.print(f"load average {load_before:.2f} before, {load_after:.2f} after")
-    if json_out is not None:
-        write_json(
-            json_out,
-            {
-                "machine": machine(),
-                "load_before": load_before,
-                "load_after": load_after,
-                "auto": Settings().resolved_checkpoint,
-                "results": results,
-            },
-        )
+    finish(
+        console,
+        json_out,
+        load_before,
+        load_after,
+        auto=Settings().resolved_checkpoint,
+        results=results,
+    )
 
 
 if __name__ == "__main__":

@@ -196,6 +196,19 @@ def write_json(path: Path, data: Mapping[str, Any]) -> None:
     path.write_text(json.dumps(clean(dict(data)), indent=2) + "\n")
 
 
+def finish(
+    console: Any, json_out: Path | None, load_before: float, load_after: float, **fields: Any
+) -> None:
+    """Print the load average around a run and, when asked, write its result file: the
+    machine, the load average before and after, and `fields`."""
+    console.print(f"load average {load_before:.2f} before, {load_after:.2f} after")
+    if json_out is not None:
+        write_json(
+            json_out,
+            {"machine": machine(), "load_before": load_before, "load_after": load_after, **fields},
+        )
+
+
 def run_guarded(run: Callable[[], Any]) -> tuple[Any, float, float]:
     """Run a benchmark with SIGTERM taking the Ctrl-C path (so every child is stopped).
 

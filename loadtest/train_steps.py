@@ -28,7 +28,7 @@ from adapters.spec import load_spec
 from adapters.train import MANIFEST, native_bf16, train_lora
 from gateway.config import Settings
 from gateway.engine.basemodel import model_dir
-from loadtest.common import machine, machine_line, run_guarded, write_json
+from loadtest.common import finish, machine_line, run_guarded
 
 # What a task's training may take on two cores.
 BUDGET_S = 180.0
@@ -94,17 +94,13 @@ def main(
             "yes" if r["spec_seconds"] <= BUDGET_S else "NO",
         )
     console.print(table)
-    console.print(f"load average {load_before:.2f} before, {load_after:.2f} after")
-    if json_out is not None:
-        write_json(
-            json_out,
-            {
-                "machine": machine(),
-                "load_before": load_before,
-                "load_after": load_after,
-                "results": results,
-            },
-        )
+    finish(
+        console,
+        json_out,
+        load_before,
+        load_after,
+        results=results,
+    )
 
 
 if __name__ == "__main__":
