@@ -25,6 +25,7 @@ from gateway.api import (
     admin_route_table,
     admin_scorers,
     admin_slos,
+    admin_upstreams,
     admin_usage,
     feedback,
     health,
@@ -33,12 +34,14 @@ from gateway.api import (
 from gateway.api.auth import ApiKeyMiddleware, KeyRing, describe_open_mode
 from gateway.api.errors import install_error_handlers
 from gateway.api.middleware import RequestContextMiddleware
+from gateway.api.ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter
 from gateway.api.serving import OpenAIService
 from gateway.catalog import CatalogView, ModelCatalog
 from gateway.config import Settings
 from gateway.hooks.parts import build_hooks
 from gateway.lifecycle import AdapterLifecycle
 from gateway.metrics import Metrics
+from gateway.observability.tracing import Tracing, TracingMiddleware
 from gateway.quality.evidence import EvidenceService
 from gateway.quality.parts import build_quality
 from gateway.registry.analysis import AnalysisStore
@@ -51,7 +54,9 @@ from gateway.registry.store import Registry
 from gateway.registry.validation import BaseModelInfo, ServedBase
 from gateway.rollout.manager import RolloutManager
 from gateway.routing.router import AutoRouter
+from gateway.upstream.discovery import DnsDiscovery
 from gateway.upstream.launcher import EngineProcess, EngineSpec, engine_plugin_env
+from gateway.upstream.outliers import OutlierPolicy
 from gateway.upstream.pool import UpstreamPool
 from gateway.upstream.proxy import EngineProxy
 from gateway.upstream.supervisor import EngineSupervisor
@@ -77,7 +82,16 @@ def create_app(
         timeout=httpx.Timeout(30.0, connect=settings.upstream_connect_timeout_s)
     )
     pool = UpstreamPool(
-        settings.upstreams, client, metrics, capacity=settings.max_resident_adapters
+        settings.upstreams,
+        client,
+        metrics,
+        capacity=settings.max_resident_adapters,
+        outliers=OutlierPolicy(**settings.outliers.model_dump()),
+    )
+    discovery = (
+        None
+        if settings.upstream_dns is None
+        else DnsDiscovery(settings.upstream_dns, pool, settings.upstream_dns_interval_s)
     )
     lifecycle = AdapterLifecycle(
         registry,
@@ -99,11 +113,18 @@ def create_app(
         cache_dir=settings.cache_dir,
     )
     keyring = KeyRing.from_settings(settings)
+    limiter: RateLimiter = (
+        LocalRateLimiter(keyring.tenants)
+        if settings.redis_url is None
+        else RedisRateLimiter(settings.redis_url, keyring.tenants, metrics, settings.redis_prefix)
+    )
+    tracing = None if settings.otlp_endpoint is None else Tracing.to_otlp(settings.otlp_endpoint)
     proxy = EngineProxy(
         pool,
         metrics,
         connect_timeout_s=settings.upstream_connect_timeout_s,
         read_timeout_s=settings.upstream_read_timeout_s,
+        tracing=tracing,
     )
     supervisor = _engine_supervisor(settings, metrics)
     # Webhooks on rollout events: the outbox every rollout change and kept verdict writes its
@@ -146,6 +167,8 @@ def create_app(
         else:
             _warn_unmanaged(settings)
         await proxy.open()
+        if discovery is not None:
+            await discovery.start()
         await pool.check_all()
         pool.start(settings.health_interval_s)
         # After the engines are checked: a rollout found running warms its candidate first.
@@ -181,11 +204,16 @@ def create_app(
             await rollouts.stop()
             await quality.stop()
             await router.close()
+            if discovery is not None:
+                await discovery.stop()
             await pool.stop()
             await proxy.close()
             if supervisor is not None:
                 await supervisor.stop()
             await client.aclose()
+            await limiter.close()
+            if tracing is not None:
+                await asyncio.to_thread(tracing.shutdown)
             database.dispose()
 
     app = FastAPI(
@@ -202,7 +230,14 @@ def create_app(
     app.state.router = router
     app.state.rollouts = rollouts
     app.state.service = OpenAIService(
-        catalogs, pool, proxy, metrics, router, rollouts, quality.responses
+        catalogs,
+        pool,
+        proxy,
+        metrics,
+        router,
+        rollouts,
+        quality.responses,
+        log_prompts=settings.log_prompts,
     )
     app.state.quality_store = quality.store
     app.state.responses = quality.responses
@@ -225,13 +260,21 @@ def create_app(
     app.include_router(admin_evidence.router)
     app.include_router(admin_rollouts.router)
     app.include_router(admin_usage.router)
+    app.include_router(admin_upstreams.router)
     app.include_router(admin_scorers.router)
     app.include_router(admin_slos.router)
     app.include_router(feedback.router)
     app.include_router(health.router)
     # Added first, so it runs inside the request-id middleware (refusals carry the id).
-    app.add_middleware(ApiKeyMiddleware, keyring=keyring, metrics=metrics)
-    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(ApiKeyMiddleware, keyring=keyring, metrics=metrics, limiter=limiter)
+    app.add_middleware(
+        RequestContextMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        access_log=settings.access_log,
+    )
+    if tracing is not None:
+        # Outermost: the span covers the whole request, refusals included.
+        app.add_middleware(TracingMiddleware, tracing=tracing)
     app.state.outbox = hooks.outbox
     app.state.hook_delivery = hooks.delivery
     app.include_router(admin_hooks.router)
@@ -285,3 +328,5 @@ def _engine_supervisor(settings: Settings, metrics: Metrics) -> EngineSupervisor
 def _warn_unmanaged(settings: Settings) -> None:
     for url in settings.upstream_urls:
         log.info("sending traffic to an engine the gateway does not manage: %s", url)
+    if settings.upstream_dns is not None:
+        log.info("engine replicas: every address of %s", settings.upstream_dns)

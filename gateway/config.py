@@ -9,8 +9,16 @@ import json
 import re
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from gateway.engine import cpu
@@ -194,6 +202,23 @@ def _check_sha256(value: str) -> str:
     return value
 
 
+class OutlierSettings(BaseModel):
+    """When an engine replica leaves rotation on its own answers (`gateway.upstream.outliers`).
+
+    A connection refused, or reset before a byte, takes it out at once (the request goes to
+    another replica); it is back when its health probe passes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # 5xx answers or read timeouts in a row that take a replica out for a while.
+    consecutive_failures: int = Field(default=5, ge=1, le=1000)
+    # Its first time out; the n-th ejection in a row lasts n times this, up to the maximum.
+    base_ejection_s: float = Field(default=10.0, gt=0)
+    max_ejection_s: float = Field(default=300.0, gt=0)
+    # No more than this share of the replicas is out for failure bursts at once.
+    max_ejection_percent: float = Field(default=50.0, ge=0, le=100)
+
+
 class TenantKey(BaseModel):
     """One tenant's API key for `/v1`, stored as its sha256, with optional limits."""
 
@@ -226,6 +251,19 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     log_level: str = "INFO"
+    # `json`: one JSON object a line (for log collectors); `text`: for people.
+    log_format: Literal["text", "json"] = "text"
+    # One line per request (id, route, adapter version, variant, tenant, upstream, status,
+    # latency); never keys or headers.
+    access_log: bool = True
+    # Put the request's messages (or prompt), cut to 2,000 characters, in its access line.
+    # They may hold personal data: off unless asked.
+    log_prompts: bool = False
+    # OpenTelemetry: export a span per request (and one per engine call, whose trace context
+    # reaches vLLM in `traceparent`) to this OTLP/HTTP endpoint, e.g.
+    # `http://otel-collector:4318`. None: no tracing. `OTEL_SERVICE_NAME` and the SDK's other
+    # `OTEL_*` variables apply.
+    otlp_endpoint: str | None = None
 
     # Name clients use for the base model (no adapter); also vLLM's served model name.
     base_model_name: str = "smollm2-135m-instruct"
@@ -237,8 +275,15 @@ class Settings(BaseSettings):
     adapter_root: Path | None = None
     state_dir: Path = Path(".state")
 
-    # vLLM servers the gateway does not manage. Empty: start and manage one engine.
+    # vLLM servers the gateway does not manage. Empty (and no `upstream_dns`): start and
+    # manage one engine.
     upstream_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Replicas by DNS, e.g. `http://vllm.ns.svc.cluster.local:8000` for a headless
+    # Kubernetes Service: every address the name resolves to is a replica on that port,
+    # resolved again every `upstream_dns_interval_s`.
+    upstream_dns: str | None = None
+    upstream_dns_interval_s: float = Field(default=5.0, gt=0)
+    outliers: OutlierSettings = Field(default_factory=OutlierSettings)
     engine: EngineSettings = Field(default_factory=EngineSettings)
 
     # The registry's database. None: SQLite at `<state_dir>/registry.db`. PostgreSQL:
@@ -266,6 +311,11 @@ class Settings(BaseSettings):
     admin_key_sha256: str | None = None
     # Tenant keys for `/v1`. None of either: open to loopback clients only.
     tenant_keys: list[TenantKey] = Field(default_factory=list)
+    # Redis (`redis://host:6379/0`) holding the tenants' rate-limit buckets, shared by every
+    # gateway replica. None: each process limits on its own (N replicas let N times the rate).
+    redis_url: str | None = None
+    # Prefix of the gateway's Redis keys (several gateways on one Redis keep theirs apart).
+    redis_prefix: str = Field(default="lora-gateway", min_length=1, max_length=64)
 
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     upstream_connect_timeout_s: float = Field(default=2.0, gt=0)
@@ -291,6 +341,26 @@ class Settings(BaseSettings):
             if not url.startswith(("http://", "https://")):
                 raise ValueError(f"upstream URL must start with http:// or https://: {url!r}")
         return cleaned
+
+    @field_validator("upstream_dns")
+    @classmethod
+    def _dns_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parsed = urlsplit(value.strip())
+        if parsed.scheme not in ("http", "https") or not parsed.hostname or parsed.path.strip("/"):
+            raise ValueError(f"must be http(s)://<name>:<port>, got {value!r}")
+        try:
+            parsed.port  # noqa: B018 (raises ValueError for a port out of range)
+        except ValueError as exc:
+            raise ValueError(f"bad port in {value!r}: {exc}") from None
+        return f"{parsed.scheme}://{parsed.netloc}"
+
+    @model_validator(mode="after")
+    def _one_way_to_replicas(self) -> Settings:
+        if self.upstream_urls and self.upstream_dns is not None:
+            raise ValueError("set upstream_urls or upstream_dns, not both")
+        return self
 
     @field_validator("admin_key_sha256")
     @classmethod
@@ -323,8 +393,8 @@ class Settings(BaseSettings):
 
     @property
     def managed_engine(self) -> bool:
-        """Whether the gateway starts vLLM itself."""
-        return not self.upstream_urls
+        """Whether the gateway starts vLLM itself (no replicas given by URL or DNS)."""
+        return not self.upstream_urls and self.upstream_dns is None
 
     @property
     def resolved_adapter_root(self) -> Path:
@@ -375,7 +445,9 @@ class Settings(BaseSettings):
 
     @property
     def upstreams(self) -> list[str]:
-        """Every engine URL the gateway sends traffic to."""
+        """The engine URLs the gateway starts with (DNS discovery adds its own)."""
         if self.upstream_urls:
             return list(self.upstream_urls)
+        if self.upstream_dns is not None:
+            return []
         return [f"http://{self.engine.host}:{self.engine.port}"]

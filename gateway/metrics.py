@@ -6,6 +6,8 @@ free client input; status is a class (2xx, 4xx, 5xx).
 
 from __future__ import annotations
 
+import contextlib
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 # Latency buckets from sub-millisecond (gateway overhead) to long generations.
@@ -105,6 +107,26 @@ class Metrics:
             ["upstream"],
             registry=r,
         )
+        self.upstream_ejections = Counter(
+            "gateway_upstream_ejections_total",
+            "Engine replicas taken out of rotation, per reason (connect: refused or timed "
+            "out; broken: mid-answer; failures: a burst of 5xx, timeouts or resets).",
+            ["upstream", "reason"],
+            registry=r,
+        )
+        self.upstream_retries = Counter(
+            "gateway_upstream_retries_total",
+            "Requests sent again to another replica because the first never reached one, "
+            "per reason (connect, reset).",
+            ["reason"],
+            registry=r,
+        )
+        self.upstream_in_flight = Gauge(
+            "gateway_upstream_in_flight",
+            "Requests this gateway has outstanding at each engine replica.",
+            ["upstream"],
+            registry=r,
+        )
         self.registry_operations = Counter(
             "gateway_registry_operations_total",
             "Registry changes (register, load, unload, retire, delete, pin, unpin), per outcome.",
@@ -121,6 +143,12 @@ class Metrics:
             "gateway_rate_limited_total",
             "Requests refused with 429 because a tenant key's rate was used up.",
             ["tenant"],
+            registry=r,
+        )
+        self.rate_limit_fallbacks = Counter(
+            "gateway_rate_limit_fallbacks_total",
+            "Rate-limit checks made on this process's own buckets because Redis, which "
+            "shares them between replicas, could not be reached.",
             registry=r,
         )
         self.route_classify_duration = Histogram(
@@ -252,6 +280,12 @@ class Metrics:
         )
         self._analysis(r)
         self._hooks(r)
+
+    def forget_upstream(self, url: str) -> None:
+        """Drop the series of a replica that left the pool (discovery no longer lists it)."""
+        for gauge in (self.upstream_healthy, self.adapters_resident, self.upstream_in_flight):
+            with contextlib.suppress(KeyError):
+                gauge.remove(url)
 
     def _analysis(self, r: CollectorRegistry) -> None:
         self.analysis_verdicts = Counter(

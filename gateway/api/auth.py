@@ -10,23 +10,22 @@ import hashlib
 import hmac
 import ipaddress
 import logging
-import math
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.api.errors import error_response
+from gateway.api.ratelimit import Clock, LocalRateLimiter, RateLimiter
 from gateway.config import Settings, TenantKey
 from gateway.errors import GatewayError, PermissionDenied, RateLimited, Unauthorized
 from gateway.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-Clock = Callable[[], float]
 Area = Literal["admin", "v1"]
 # Bounded label values of `gateway_auth_refusals_total`.
 RefusalReason = Literal["missing_key", "unknown_key", "tenant_on_admin", "not_loopback"]
@@ -91,45 +90,6 @@ class KeyRing:
         return found
 
 
-class TokenBucket:
-    """One tenant's request budget: `burst` at once, refilled at `rate_per_minute`."""
-
-    def __init__(self, rate_per_minute: float, burst: int | None, clock: Clock) -> None:
-        self.rate_per_s = rate_per_minute / 60.0
-        self.capacity = float(burst if burst is not None else max(1, math.ceil(self.rate_per_s)))
-        self._clock = clock
-        self._tokens = self.capacity
-        self._updated = clock()
-
-    def take(self) -> float:
-        """Take one token: 0.0 when granted, else the seconds until one is available."""
-        # No await in here, so concurrent requests on the event loop cannot interleave.
-        now = self._clock()
-        elapsed = max(0.0, now - self._updated)
-        self._tokens = min(self.capacity, self._tokens + elapsed * self.rate_per_s)
-        self._updated = now
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
-            return 0.0
-        return (1.0 - self._tokens) / self.rate_per_s
-
-
-class RateLimiter:
-    """A token bucket per tenant that has a rate (per gateway process)."""
-
-    def __init__(self, tenants: Sequence[TenantKey], clock: Clock = time.monotonic) -> None:
-        self._buckets = {
-            t.name: TokenBucket(t.rate_per_minute, t.burst, clock)
-            for t in tenants
-            if t.rate_per_minute is not None
-        }
-
-    def take(self, tenant: str) -> float:
-        """Take one request of `tenant`'s budget: 0.0 when granted, else seconds to wait."""
-        bucket = self._buckets.get(tenant)
-        return 0.0 if bucket is None else bucket.take()
-
-
 class _Refused(Exception):
     def __init__(self, error: GatewayError, reason: RefusalReason | None) -> None:
         self.error = error
@@ -140,12 +100,17 @@ class ApiKeyMiddleware:
     """Check the API key of `/admin` and `/v1` requests and rate-limit tenants."""
 
     def __init__(
-        self, app: ASGIApp, keyring: KeyRing, metrics: Metrics, clock: Clock = time.monotonic
+        self,
+        app: ASGIApp,
+        keyring: KeyRing,
+        metrics: Metrics,
+        clock: Clock = time.monotonic,
+        limiter: RateLimiter | None = None,
     ) -> None:
         self.app = app
         self.keyring = keyring
         self.metrics = metrics
-        self.limiter = RateLimiter(keyring.tenants, clock)
+        self.limiter = limiter or LocalRateLimiter(keyring.tenants, clock)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope.get("path", "")
@@ -160,6 +125,8 @@ class ApiKeyMiddleware:
             return
         try:
             principal = self._authorize(scope, area)
+            if principal.kind == "tenant":
+                await self._limit(principal)
         except _Refused as refused:
             if refused.reason is not None:
                 self.metrics.auth_refusals.labels(refused.reason).inc()
@@ -189,13 +156,14 @@ class ApiKeyMiddleware:
             raise _Refused(Unauthorized("Invalid API key."), "unknown_key")
         if area == "admin" and principal.kind != "admin":
             raise _Refused(PermissionDenied("Tenant keys may not call /admin."), "tenant_on_admin")
-        if principal.kind == "tenant":
-            wait_s = self.limiter.take(principal.name)
-            if wait_s > 0:
-                self.metrics.rate_limited.labels(principal.name).inc()
-                message = "Rate limit of this API key exceeded; retry later."
-                raise _Refused(RateLimited(message, retry_after_s=wait_s), None)
         return principal
+
+    async def _limit(self, principal: Principal) -> None:
+        wait_s = await self.limiter.take(principal.name)
+        if wait_s > 0:
+            self.metrics.rate_limited.labels(principal.name).inc()
+            message = "Rate limit of this API key exceeded; retry later."
+            raise _Refused(RateLimited(message, retry_after_s=wait_s), None)
 
 
 def _presented_key(scope: Scope) -> str | None:

@@ -20,17 +20,13 @@ async def healthz() -> dict[str, str]:
 @router.get("/readyz")
 async def readyz(pool: PoolDep, lifecycle: LifecycleDep) -> JSONResponse:
     """Ready when at least one engine replica is healthy; also how registry changes arrive."""
-    replicas = [
-        {"url": r.url, "healthy": r.healthy, "in_flight": r.in_flight, "error": r.last_error}
-        for r in pool.replicas
-    ]
-    status = 200 if pool.ready else 503
+    ready = pool.ready
     body = {
-        "status": "ready" if pool.ready else "not_ready",
-        "upstreams": replicas,
+        "status": "ready" if ready else "not_ready",
+        "upstreams": pool.describe(),
         "registry": lifecycle.following(),
     }
-    return JSONResponse(body, status_code=status)
+    return JSONResponse(body, status_code=200 if ready else 503)
 
 
 @router.get("/metrics")

@@ -28,6 +28,7 @@ from gateway.api.responses import RelayResponse
 from gateway.catalog import CatalogView, ModelCatalog, Target
 from gateway.errors import GatewayError, InvalidRequest, PermissionDenied, error_body
 from gateway.metrics import Metrics, status_class
+from gateway.observability.logs import ACCESS_FIELDS, PROMPT_CHARS
 from gateway.quality.judge import JUDGE_HEADER
 from gateway.quality.records import Served
 from gateway.quality.responselog import ResponseLog
@@ -56,7 +57,9 @@ class OpenAIService:
         router: AutoRouter | None = None,
         rollouts: RolloutManager | None = None,
         responses: ResponseLog | None = None,
+        log_prompts: bool = False,
     ) -> None:
+        self._log_prompts = log_prompts
         self._catalogs = catalogs
         self._pool = pool
         self._proxy = proxy
@@ -124,10 +127,24 @@ class OpenAIService:
             else self._entry(request_id, principal, endpoint, target, assignment, stream, payload)
         )
         strip_usage = stream and entry is not None and _ask_for_usage(payload)
+        access: dict[str, Any] = {
+            "route": target.route,
+            "adapter": target.served,
+            "variant": assignment.variant if assignment is not None else None,
+            "tenant": principal.name if principal is not None else None,
+            "stream": stream,
+        }
+        if self._log_prompts:
+            access["prompt"] = prompt_text(payload)
+        request.scope["state"][ACCESS_FIELDS] = access
         self._metrics.in_flight.inc()
         try:
-            lease, reply = await self._send(
-                target, endpoint, json.dumps(payload).encode(), request_id, stream
+            lease, reply = await self._proxy.dispatch(
+                target.adapter.engine_name if target.adapter else None,
+                endpoint,
+                json.dumps(payload).encode(),
+                request_id,
+                stream,
             )
         except BaseException as exc:
             self._metrics.in_flight.dec()
@@ -135,6 +152,7 @@ class OpenAIService:
             self._record(endpoint, target, status, started)
             self._log(entry, status, started, b"")
             raise
+        access["upstream"] = lease.replica.url
         half = self._shadow(assignment)
         if reply.stream is None:
             lease.release()
@@ -217,30 +235,6 @@ class OpenAIService:
         if self._rollouts is None or assignment is None or assignment.shadow is None:
             return None
         return self._rollouts.send_shadow(assignment.shadow)
-
-    async def _send(
-        self, target: Target, endpoint: str, body: bytes, request_id: str, stream: bool
-    ) -> tuple[Lease, UpstreamReply]:
-        """Lease a replica holding the adapter version (loading it if need be) and send."""
-        adapter = target.adapter.engine_name if target.adapter else None
-        for attempt in range(2):
-            lease = await self._pool.lease(adapter)
-            try:
-                reply = await self._proxy.send(lease.replica, endpoint, body, request_id, stream)
-            except BaseException:
-                lease.release()
-                raise
-            if reply.status == 404 and adapter is not None and attempt == 0:
-                # The engine lost the version (it restarted between two health checks, or
-                # another gateway replica evicted it): load it again and retry once.
-                log.warning(
-                    "request %s: %s lost its %s; reloading", request_id, lease.replica.url, adapter
-                )
-                lease.release()
-                lease.replica.residency.discard(adapter)
-                continue
-            return lease, reply
-        raise AssertionError("unreachable")
 
     async def _relay(
         self, reply: UpstreamReply, end: _StreamEnd, request_id: str, rename: ModelRename | None
@@ -468,3 +462,9 @@ def sse_error(error: GatewayError) -> bytes:
     """An SSE event carrying OpenAI's error shape (the official clients raise on it)."""
     body = error_body(error.message, error.error_type, error.param, error.code)
     return b"data: " + json.dumps(body).encode() + b"\n\n"
+
+
+def prompt_text(payload: dict[str, Any]) -> str:
+    """The request's messages or prompt for the access log, cut to `PROMPT_CHARS`."""
+    asked = payload.get("messages", payload.get("prompt"))
+    return json.dumps(asked, ensure_ascii=False)[:PROMPT_CHARS]

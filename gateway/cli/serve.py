@@ -17,6 +17,7 @@ from rich.console import Console
 from gateway.api.auth import describe_open_mode
 from gateway.cli.settings import load_settings
 from gateway.config import Settings
+from gateway.observability.logs import configure_logging
 
 console = Console()
 
@@ -112,11 +113,7 @@ def serve(
 
     from gateway.app import create_app
 
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    # httpx logs every health probe at INFO.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    configure_logging(settings.log_level, settings.log_format)
     model_dir = settings.resolved_model_dir
     if settings.managed_engine and not (model_dir / "config.json").is_file():
         console.print(f"[red]No model at {model_dir}.[/red] Run `lora-gateway prepare` first.")
@@ -138,7 +135,7 @@ def _banner(settings: Settings) -> str:
     if settings.managed_engine:
         engine = f"managed vLLM, log at {settings.state_dir / 'engine.log'}"
     else:
-        engine = ", ".join(settings.upstream_urls)
+        engine = ", ".join(settings.upstream_urls) or f"replicas of {settings.upstream_dns}"
     body = '{"model": "pirate", "messages": [{"role": "user", "content": "Tell me about snow."}]}'
     database = settings.database_url.split("@")[-1] if settings.database_url else "SQLite"
     keyed = settings.admin_key_sha256 is not None

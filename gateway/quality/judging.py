@@ -50,13 +50,10 @@ class EngineTransport(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """Send one (non-streamed) request to a healthy replica, for the base model."""
         body = await request.aread()
-        lease = await self._pool.lease(None)
-        try:
-            reply = await self._proxy.send(
-                lease.replica, request.url.path, body, "quality-judge", False
-            )
-        finally:
-            lease.release()
+        lease, reply = await self._proxy.dispatch(
+            None, request.url.path, body, "quality-judge", False
+        )
+        lease.release()
         return httpx.Response(
             reply.status, content=reply.body, headers={"content-type": reply.content_type}
         )

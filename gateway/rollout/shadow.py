@@ -105,17 +105,14 @@ class ShadowRunner:
         started = time.perf_counter()
         status, answer = 0, b""
         try:
-            lease = await self._pool.lease(job.candidate.engine_name)
-            try:
-                reply = await self._proxy.send(
-                    lease.replica,
-                    job.endpoint,
-                    json.dumps(body).encode(),
-                    f"{job.request_id}:shadow",
-                    False,
-                )
-            finally:
-                lease.release()
+            lease, reply = await self._proxy.dispatch(
+                job.candidate.engine_name,
+                job.endpoint,
+                json.dumps(body).encode(),
+                f"{job.request_id}:shadow",
+                False,
+            )
+            lease.release()
             status, answer = reply.status, reply.body
         except GatewayError as exc:
             status, answer = exc.status_code, json.dumps(exc.body()).encode()

@@ -25,6 +25,7 @@ from gateway.background.tasks import cancel_and_wait
 from gateway.catalog import AdapterVersion, parse_engine_name
 from gateway.errors import AdapterLoadFailed, NoRoom, UpstreamError, UpstreamUnavailable
 from gateway.metrics import Metrics
+from gateway.upstream.outliers import EjectionReason, OutlierDetector, OutlierPolicy, OutlierState
 from gateway.upstream.residency import Residency
 
 log = logging.getLogger(__name__)
@@ -81,11 +82,16 @@ class Replica:
     last_error: str | None = None
     # Whether this gateway process has reconciled the replica since it started.
     adopted: bool = field(default=False)
+    outlier: OutlierState = field(default_factory=OutlierState)
 
     @property
     def resident(self) -> set[str]:
         """Engine names of the versions loaded here."""
         return set(self.residency.resident)
+
+    def in_rotation(self, now: float) -> bool:
+        """Whether requests may go here: its probe passes and no failure burst keeps it out."""
+        return self.healthy and not self.outlier.ejected(now)
 
 
 @dataclass
@@ -113,40 +119,81 @@ class UpstreamPool:
         *,
         capacity: int = 8,
         source: AdapterSource | None = None,
+        outliers: OutlierPolicy | None = None,
     ) -> None:
         self._client = client
         self._metrics = metrics
+        self._capacity = capacity
         self.source: AdapterSource = source or NoAdapters()
+        self.outliers = OutlierDetector(outliers or OutlierPolicy())
         self.replicas: list[Replica] = []
-        for url in urls:
+        self._by_url: dict[str, Replica] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._changed = asyncio.Event()
+        self.set_urls(urls)
+
+    def set_urls(self, urls: Sequence[str]) -> tuple[list[str], list[str]]:
+        """Make the pool the replicas at `urls` (from discovery): new ones join unhealthy
+        until their first probe passes; gone ones leave (requests they serve finish).
+        Returns the URLs added and removed."""
+        wanted = list(dict.fromkeys(urls))
+        added = [u for u in wanted if u not in self._by_url]
+        removed = [r.url for r in self.replicas if r.url not in wanted]
+        for url in added:
             residency = Residency(
-                capacity,
+                self._capacity,
                 load=partial(self._load, url),
                 unload=partial(self._unload, url),
                 on_evict=partial(self._evicted, url),
             )
-            self.replicas.append(Replica(url, residency))
-        self._by_url = {r.url: r for r in self.replicas}
-        self._task: asyncio.Task[None] | None = None
-        self._changed = asyncio.Event()
+            self._by_url[url] = Replica(url, residency)
+        for url in removed:
+            del self._by_url[url]
+            self._metrics.forget_upstream(url)
+        self.replicas = list(self._by_url.values())
+        if added:
+            self._changed.set()
+        return added, removed
+
+    def describe(self) -> list[dict[str, object]]:
+        """Each replica's state, for `/readyz` and `/admin/upstreams`."""
+        now = self.outliers.now()
+        return [
+            {
+                "url": r.url,
+                "healthy": r.healthy,
+                "in_rotation": r.in_rotation(now),
+                "ejected": r.outlier.reason,
+                "ejected_for_s": round(max(0.0, r.outlier.ejected_until - now), 3),
+                "failures_in_row": r.outlier.failures_in_row,
+                "in_flight": r.in_flight,
+                "resident": sorted(r.residency.resident),
+                "error": r.last_error,
+            }
+            for r in self.replicas
+        ]
 
     @property
     def ready(self) -> bool:
         """Whether any replica can take traffic."""
-        return any(r.healthy for r in self.replicas)
+        now = self.outliers.now()
+        return any(r.in_rotation(now) for r in self.replicas)
 
     def healthy_replicas(self) -> list[Replica]:
         """Replicas that answer their health check."""
         return [r for r in self.replicas if r.healthy]
 
-    def pick(self, adapter: str | None = None) -> Replica:
-        """A healthy replica: one already holding `adapter` if any, then the least loaded."""
+    def pick(self, adapter: str | None = None, avoid: Replica | None = None) -> Replica:
+        """A healthy replica: other than `avoid` if there is one, then one already holding
+        `adapter` if any, then the least loaded."""
         best: Replica | None = None
-        best_key: tuple[bool, int] | None = None
+        best_key: tuple[bool, bool, int] | None = None
+        now = self.outliers.now()
         for replica in self.replicas:
-            if not replica.healthy:
+            if not replica.in_rotation(now):
                 continue
             key = (
+                replica is avoid,
                 adapter is not None and not replica.residency.holds(adapter),
                 replica.in_flight,
             )
@@ -156,9 +203,9 @@ class UpstreamPool:
             raise UpstreamUnavailable("No inference engine is ready; retry shortly.")
         return best
 
-    async def lease(self, adapter: str | None) -> Lease:
+    async def lease(self, adapter: str | None, avoid: Replica | None = None) -> Lease:
         """Pick a replica for a request and make `adapter` resident there (loading it)."""
-        replica = self.pick(adapter)
+        replica = self.pick(adapter, avoid)
         if adapter is not None and await replica.residency.acquire(adapter):
             self._count_resident(replica)
         return Lease(replica, adapter)
@@ -208,14 +255,40 @@ class UpstreamPool:
                         await replica.residency.retire(name)
             self._count_resident(replica)
 
-    def mark_down(self, replica: Replica, reason: str) -> None:
-        """Take a replica out of rotation after a failed request; the health loop brings it back."""
-        if replica.healthy:
-            log.warning("upstream %s marked down: %s", replica.url, reason)
+    def unreachable(self, replica: Replica, reason: EjectionReason, detail: str) -> None:
+        """Take a replica out of rotation at once: it could not be reached, or broke a
+        connection. The health loop probes it now and brings it back when it answers."""
+        if self.outliers.unreachable(replica.outlier, reason) and replica.healthy:
+            log.warning("upstream %s ejected (%s): %s", replica.url, reason, detail)
+            self._metrics.upstream_ejections.labels(replica.url, reason).inc()
         replica.healthy = False
-        replica.last_error = reason
+        replica.last_error = detail
         self._metrics.upstream_healthy.labels(replica.url).set(0)
         self._changed.set()
+
+    def answered(self, replica: Replica, status: int) -> None:
+        """The replica answered with `status`: a 5xx counts towards a failure burst."""
+        if status < 500:
+            self.outliers.success(replica.outlier)
+        else:
+            self.failed(replica, f"answered {status}")
+
+    def failed(self, replica: Replica, detail: str) -> None:
+        """A 5xx answer or a read timeout; enough in a row eject the replica for a while."""
+        now = self.outliers.now()
+        out = sum(1 for r in self.replicas if r is not replica and r.outlier.ejected(now))
+        if self.outliers.failure(replica.outlier, out, len(self.replicas)):
+            seconds = replica.outlier.ejected_until - now
+            log.warning(
+                "upstream %s ejected for %.0fs: %d failures in a row (last: %s)",
+                replica.url,
+                seconds,
+                self.outliers.policy.consecutive_failures,
+                detail,
+            )
+            replica.last_error = detail
+            self._metrics.upstream_ejections.labels(replica.url, "failures").inc()
+            self._metrics.upstream_healthy.labels(replica.url).set(0)
 
     async def check(self, replica: Replica) -> None:
         """Probe one replica's health and reconcile its adapters when it comes up."""
@@ -235,7 +308,17 @@ class UpstreamPool:
         replica.healthy = up
         if up:
             replica.last_error = None
-        self._metrics.upstream_healthy.labels(replica.url).set(1 if up else 0)
+            # Active re-admission: a passing probe ends an unreachable replica's ejection at
+            # once, a failure burst's once its time has run.
+            outlier = replica.outlier
+            if outlier.reason is not None and (
+                outlier.reason != "failures" or outlier.due(self.outliers.now())
+            ):
+                reason = self.outliers.readmit(outlier)
+                log.info("upstream %s re-admitted (was out: %s)", replica.url, reason)
+        in_rotation = replica.in_rotation(self.outliers.now())
+        self._metrics.upstream_healthy.labels(replica.url).set(1 if in_rotation else 0)
+        self._metrics.upstream_in_flight.labels(replica.url).set(replica.in_flight)
 
     async def reconcile(self, replica: Replica) -> None:
         """Make the replica hold the versions it should (after it or the gateway restarted)."""
@@ -295,7 +378,10 @@ class UpstreamPool:
         except httpx.HTTPError as exc:
             self._metrics.adapter_load_failures.labels(url, "unreachable").inc()
             self._metrics.adapter_loads.labels(url, "error").inc()
-            self.mark_down(self._by_url[url], f"loading {name}: {type(exc).__name__}: {exc}")
+            replica = self._by_url.get(url)
+            if replica is not None:
+                detail = f"loading {name}: {type(exc).__name__}: {exc}"
+                self.unreachable(replica, "connect", detail)
             message = f"The engine at {url} is unreachable; retry shortly."
             raise UpstreamUnavailable(message) from exc
         already = response.status_code == 400 and "already" in response.text

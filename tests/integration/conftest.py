@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 
 # Models come from local packages and files only: never ask a model hub.
@@ -210,3 +211,19 @@ def shared_engine(
         yield SharedEngine(engine.url, log_file, SHARED_SLOTS, SHARED_ADAPTERS)
     finally:
         engine.stop()
+
+
+def give_back_demo_adapters(engine: SharedEngine, assets: EngineAssets) -> None:
+    """Leave the shared engine as the other modules expect it: a gateway owns the engines it
+    serves, so one started on it unloads the demo adapters it does not serve, and loads its
+    own."""
+    models = httpx.get(f"{engine.url}/v1/models", timeout=30).json()["data"]
+    held = {m["id"] for m in models} - {"base"}  # the shared engine's base model name
+    wanted = {served_name(a): assets.adapters[a] for a in engine.adapters}
+    for name in held - set(wanted):
+        httpx.post(f"{engine.url}/v1/unload_lora_adapter", json={"lora_name": name}, timeout=60)
+    for name, path in wanted.items():
+        if name not in held:
+            body = {"lora_name": name, "lora_path": str(path)}
+            loaded = httpx.post(f"{engine.url}/v1/load_lora_adapter", json=body, timeout=120)
+            loaded.raise_for_status()

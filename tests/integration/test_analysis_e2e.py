@@ -33,7 +33,12 @@ import pytest
 from adapters.users import Users
 from gateway.testing.adapters import copy_adapter
 from gateway.testing.processes import GatewayHandle, Processes, answer_of, postgres_database
-from tests.integration.conftest import CACHE_DIR, EngineAssets, SharedEngine, served_name
+from tests.integration.conftest import (
+    CACHE_DIR,
+    EngineAssets,
+    SharedEngine,
+    give_back_demo_adapters,
+)
 from tests.integration.hook_receiver import Receiver
 
 QUESTIONS = [
@@ -83,22 +88,7 @@ def gateways(
             b = running.start_gateway("b", timeout_s=120)
             yield a, b
     finally:
-        _give_back(shared_engine, engine_assets)
-
-
-def _give_back(engine: SharedEngine, assets: EngineAssets) -> None:
-    """Leave the shared engine as the other modules expect it: a gateway owns the engines it
-    serves, so these two unloaded the demo adapters they do not serve, and loaded their own."""
-    models = httpx.get(f"{engine.url}/v1/models", timeout=30).json()["data"]
-    held = {m["id"] for m in models} - {"base"}  # the shared engine's base model name
-    wanted = {served_name(a): assets.adapters[a] for a in engine.adapters}
-    for name in held - set(wanted):
-        httpx.post(f"{engine.url}/v1/unload_lora_adapter", json={"lora_name": name}, timeout=60)
-    for name, path in wanted.items():
-        if name not in held:
-            body = {"lora_name": name, "lora_path": str(path)}
-            loaded = httpx.post(f"{engine.url}/v1/load_lora_adapter", json=body, timeout=120)
-            loaded.raise_for_status()
+        give_back_demo_adapters(shared_engine, engine_assets)
 
 
 def _ask(url: str, route: str, user: str, question: str) -> httpx.Response:

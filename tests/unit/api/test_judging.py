@@ -42,10 +42,13 @@ async def configure(client: httpx.AsyncClient, source: str) -> None:
     assert response.status_code == 200, response.text
 
 
-async def settled(app: FastAPI, metrics: Metrics, gradings: int) -> list[ScoreRow]:
-    """The stored scores, once `gradings` judge outcomes were counted."""
+async def settled(app: FastAPI, metrics: Metrics, gradings: int, stored: int = 0) -> list[ScoreRow]:
+    """The stored scores, once `gradings` judge outcomes were counted and at least `stored`
+    scores written (a grading is counted before its score is written)."""
     await app.state.responses.flush()
     await app.state.rollouts.flush()
+    store = app.state.quality_store
+    rows: list[ScoreRow] = []
     for _ in range(200):
         counted = sum(
             s.value
@@ -54,12 +57,12 @@ async def settled(app: FastAPI, metrics: Metrics, gradings: int) -> list[ScoreRo
             for s in family.samples
             if s.name.endswith("_total")
         )
-        if counted >= gradings:
+        with store._sessions() as session:
+            rows = list(session.scalars(select(ScoreRow)).all())
+        if counted >= gradings and len(rows) >= stored:
             break
         await asyncio.sleep(0.02)
-    store = app.state.quality_store
-    with store._sessions() as session:
-        return list(session.scalars(select(ScoreRow)).all())
+    return rows
 
 
 def judged(metrics: Metrics, outcome: str, scorer: str = "judge") -> float:
@@ -73,7 +76,7 @@ async def test_a_pointwise_grade_is_stored_and_the_judge_s_request_is_not_logged
     await configure(client, POINTWISE)
     fake_state.answer = "Score: 7"
     assert (await client.post("/v1/chat/completions", json=CHAT)).status_code == 200
-    [score] = await settled(app, metrics, 1)
+    [score] = await settled(app, metrics, 1, stored=1)
     assert (score.scorer, score.value, score.passed, score.variant) == ("judge", 7.0, None, None)
     asked = fake_state.received[-1]
     assert asked["model"] == "smollm2" and "Ahoy?" in asked["messages"][-1]["content"]
@@ -111,7 +114,7 @@ async def test_pairs_are_asked_in_both_orders_and_scored_only_when_they_agree(
     fake_state.answer = reply
     assert (await client.post("/v1/chat/completions", json=CHAT)).status_code == 200
     await asyncio.sleep(0.2)  # the shadow copy answers
-    scores = await settled(app, metrics, 1)
+    scores = await settled(app, metrics, 1, stored=0 if win is None else 1)
     # Always "A" means the first answer shown, whichever it is: the orders disagree.
     assert judged(metrics, outcome, "duel") == 1
     judge_requests = [r for r in fake_state.received if "Answer A" in str(r.get("messages"))]

@@ -1,0 +1,1 @@
+"""Logs and traces: structured request logs and optional OpenTelemetry spans."""
