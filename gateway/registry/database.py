@@ -7,7 +7,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -32,11 +32,20 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
+# PostgreSQL advisory lock key held while the schema is brought up to date ("lgw-mig").
+MIGRATION_LOCK = 0x6C67772D6D6967
+
+
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Apply the migrations up to `revision` (idempotent: an up-to-date schema is left alone)."""
+    """Apply the migrations up to `revision` (idempotent: an up-to-date schema is left alone).
+
+    On PostgreSQL one process at a time does it: gateway replicas starting together wait for
+    the first one's transaction (an advisory lock), then find the schema current."""
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     with engine.begin() as connection:
+        if engine.dialect.name == "postgresql":
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
 
