@@ -266,6 +266,10 @@ class UpstreamPool:
         self._metrics.upstream_healthy.labels(replica.url).set(0)
         self._changed.set()
 
+    def probe_soon(self) -> None:
+        """Have the health loop probe every replica now rather than at its next interval."""
+        self._changed.set()
+
     def answered(self, replica: Replica, status: int) -> None:
         """The replica answered with `status`: a 5xx counts towards a failure burst."""
         if status < 500:

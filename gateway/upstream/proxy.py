@@ -246,6 +246,8 @@ class EngineProxy:
             # It did not answer this request; the reset counts towards a failure burst.
             self._metrics.upstream_errors.labels("reset").inc()
             self._pool.failed(replica, detail)
+            # A dead engine refuses the probe's connection: out now, not at the next probe.
+            self._pool.probe_soon()
             return NotReached("The inference engine is unavailable; retry shortly.", "reset")
         return self._translate(exc, replica, request_id)
 
