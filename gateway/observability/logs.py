@@ -41,15 +41,16 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_logging(level: str, fmt: Literal["text", "json"]) -> None:
-    """Send every log line to stderr in `fmt`; quiet libraries that log every probe."""
+    """Send every log line to stderr in `fmt`; quiet libraries that log every probe.
+
+    Like `logging.basicConfig`, it leaves a root logger that already has handlers alone (a
+    host process's, or a test runner's)."""
     handler = logging.StreamHandler()
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
+    logging.basicConfig(level=level, handlers=[handler])
     # httpx logs every health probe at INFO.
     logging.getLogger("httpx").setLevel(logging.WARNING)
 

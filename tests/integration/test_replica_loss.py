@@ -17,7 +17,7 @@ import pytest
 
 from gateway.testing.drill import load_everywhere, run_drill
 from gateway.testing.server import free_port
-from gateway.upstream.launcher import EngineProcess, EngineSpec
+from gateway.upstream.launcher import EngineProcess, EngineSpec, engine_plugin_env
 from tests.integration.conftest import (
     EngineAssets,
     GatewayProcess,
@@ -39,6 +39,8 @@ def victim(engine_assets: EngineAssets, tmp_path: Path) -> Iterator[EngineProces
         max_loras=3,
         omp_threads_bind="1",
         log_file=tmp_path / "victim.log",
+        # Eager: no compile at either start (minutes on a slow CPU; its speed is not tested).
+        extra_env=engine_plugin_env("grouped", compile_lora=False),
         start_timeout_s=900.0,
     )
     engine = EngineProcess(spec)

@@ -8,6 +8,7 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -23,8 +24,9 @@ from gateway.app import create_app
 from gateway.config import Settings, TenantKey
 from gateway.metrics import Metrics
 from gateway.observability.logs import ACCESS_LOGGER, JsonFormatter
-from gateway.testing.adapters import TINY_BASE
+from gateway.testing.adapters import TINY_BASE, write_tiny_tree
 from gateway.testing.fake_vllm import FakeEngineState
+from gateway.testing.processes import Processes
 from gateway.testing.server import serve_in_loop
 
 SECRET_PROMPT = "my passport number is X1234567"
@@ -170,3 +172,27 @@ async def test_traces_reach_an_otlp_endpoint_and_the_engine_joins_the_trace(
     # The engine was sent the upstream span's context.
     [sent] = [h["traceparent"] for h in fake_state.received_headers if "traceparent" in h]
     assert sent == f"00-{client_trace}-{upstream.span_id.hex()}-01"
+
+
+def test_a_gateway_process_writes_json_lines(tmp_path: Path) -> None:
+    write_tiny_tree(tmp_path, "pirate", versions=1)
+    env = {"GATEWAY_LOG_FORMAT": "json"}
+    with Processes(tmp_path, f"sqlite:///{tmp_path / 'registry.db'}", env=env) as running:
+        running.start_engine()
+        gateway = running.start_gateway()
+        body = {"model": "smollm2", "messages": [{"role": "user", "content": SECRET_PROMPT}]}
+        response = httpx.post(
+            f"{gateway.url}/v1/chat/completions",
+            json=body,
+            headers={"x-request-id": "json-line-1"},
+            timeout=30,
+        )
+        assert response.status_code == 200, response.text
+        gateway.kill()
+
+    lines = [json.loads(line) for line in gateway.log_text().splitlines() if line.startswith("{")]
+    [access] = [line for line in lines if line.get("request_id") == "json-line-1"]
+    assert access["logger"] == ACCESS_LOGGER and access["status"] == 200
+    assert access["adapter"] == "base"
+    assert any(line["logger"].startswith("gateway.") for line in lines if line is not access)
+    assert SECRET_PROMPT not in gateway.log_text()
