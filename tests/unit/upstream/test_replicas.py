@@ -158,6 +158,17 @@ async def test_a_request_is_retried_once_only(
         assert gw.sample("gateway_upstream_retries_total", reason="connect") == 1
 
 
+async def _answer_json(writer: asyncio.StreamWriter, body: bytes) -> None:
+    """A whole HTTP/1.1 200 answer with a JSON body, then the connection closed."""
+    writer.write(
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n"
+        + f"content-length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    await writer.drain()
+    writer.close()
+
+
 async def _resetting_engine(port: int) -> asyncio.Server:
     """Answers the health probe and the model list, and resets every POST before a byte."""
 
@@ -167,13 +178,7 @@ async def _resetting_engine(port: int) -> asyncio.Server:
             writer.transport.abort()
             return
         body = b'{"object": "list", "data": [{"id": "smollm2"}]}'
-        writer.write(
-            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n"
-            + f"content-length: {len(body)}\r\n\r\n".encode()
-            + body
-        )
-        await writer.drain()
-        writer.close()
+        await _answer_json(writer, body)
 
     return await asyncio.start_server(handle, "127.0.0.1", port)
 
@@ -355,13 +360,7 @@ async def test_a_reset_on_the_only_replica_is_sent_to_it_once_more(tmp_path: Pat
             body = json.dumps(_answer()).encode()
         else:
             body = b'{"object": "list", "data": [{"id": "smollm2"}]}'
-        writer.write(
-            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n"
-            + f"content-length: {len(body)}\r\n\r\n".encode()
-            + body
-        )
-        await writer.drain()
-        writer.close()
+        await _answer_json(writer, body)
 
     server = await asyncio.start_server(handle, "127.0.0.1", port)
     try:
