@@ -14,7 +14,7 @@ import itertools
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -48,7 +48,6 @@ class DrillResult:
     resident_before: list[str]
     resident_after: list[str]
     served_after_readmission: int
-    timeline: list[dict[str, Any]] = field(default_factory=list)
 
     def failed_started_after_kill(self) -> list[Outcome]:
         return [o for o in self.outcomes if not o.ok and o.started >= self.killed_at]
