@@ -18,7 +18,13 @@ import pytest
 
 from gateway.testing.adapters import copy_adapter
 
-from .conftest import EngineAssets, GatewayProcess, start_gateway
+from .conftest import (
+    EngineAssets,
+    GatewayProcess,
+    SharedEngine,
+    give_back_demo_adapters,
+    start_gateway,
+)
 
 DEMO = ("pirate", "french", "shout")
 
@@ -34,14 +40,20 @@ def adapter_root(engine_assets: EngineAssets, tmp_path_factory: pytest.TempPathF
 
 @pytest.fixture(scope="module")
 def swap_gateway(
-    engine_assets: EngineAssets, adapter_root: Path, tmp_path_factory: pytest.TempPathFactory
+    engine_assets: EngineAssets,
+    shared_engine: SharedEngine,
+    adapter_root: Path,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[GatewayProcess]:
+    """A gateway of its own on the shared engine (its three slots; three versions resident,
+    so new versions make the gateway evict)."""
     tmp = tmp_path_factory.mktemp("hotswap-gateway")
     process = start_gateway(
         tmp,
         engine_assets,
+        GATEWAY_UPSTREAM_URLS=shared_engine.url,
+        GATEWAY_BASE_MODEL_NAME="base",
         GATEWAY_ADAPTER_ROOT=str(adapter_root),
-        GATEWAY_ENGINE__MAX_LORAS="2",
         GATEWAY_MAX_RESIDENT_ADAPTERS="3",
     )
     try:
@@ -49,6 +61,7 @@ def swap_gateway(
         yield process
     finally:
         process.stop()
+        give_back_demo_adapters(shared_engine, engine_assets)
 
 
 def _chat(url: str, model: str, prompt: str = "Tell me about snow.") -> httpx.Response:
