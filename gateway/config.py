@@ -205,12 +205,13 @@ def _check_sha256(value: str) -> str:
 class OutlierSettings(BaseModel):
     """When an engine replica leaves rotation on its own answers (`gateway.upstream.outliers`).
 
-    A connection refused, or reset before a byte, takes it out at once (the request goes to
-    another replica); it is back when its health probe passes."""
+    A connection refused, or broken mid-answer, takes it out at once (a request that never
+    reached it goes to another replica); it is back when its health probe passes."""
 
     model_config = ConfigDict(extra="forbid")
 
-    # 5xx answers or read timeouts in a row that take a replica out for a while.
+    # 5xx answers, read timeouts or resets before the first byte, in a row, that take a
+    # replica out for a while.
     consecutive_failures: int = Field(default=5, ge=1, le=1000)
     # Its first time out; the n-th ejection in a row lasts n times this, up to the maximum.
     base_ejection_s: float = Field(default=10.0, gt=0)
@@ -349,11 +350,11 @@ class Settings(BaseSettings):
             return None
         parsed = urlsplit(value.strip())
         if parsed.scheme not in ("http", "https") or not parsed.hostname or parsed.path.strip("/"):
-            raise ValueError(f"must be http(s)://<name>:<port>, got {value!r}")
+            raise ValueError("must be http(s)://<name>:<port>, with no path")
         try:
             parsed.port  # noqa: B018 (raises ValueError for a port out of range)
-        except ValueError as exc:
-            raise ValueError(f"bad port in {value!r}: {exc}") from None
+        except ValueError:
+            raise ValueError("the port must be a number from 0 to 65535") from None
         return f"{parsed.scheme}://{parsed.netloc}"
 
     @model_validator(mode="after")
